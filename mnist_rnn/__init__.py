@@ -1,0 +1,7 @@
+"""mnist-rnn: MNIST digits read row by row by an LSTM, trained with PyTorch Lightning."""
+
+from mnist_rnn.data import MNISTDataModule
+from mnist_rnn.model import LSTMClassifier
+
+__all__ = ["LSTMClassifier", "MNISTDataModule"]
+__version__ = "0.1.0"

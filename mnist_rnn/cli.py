@@ -1,0 +1,164 @@
+"""The `mnist-rnn` command: a LightningCLI with fit, validate, test and predict.
+
+Every setting lives in YAML (conf/default.yaml is read first, `-c FILE` on top of it, then
+command-line flags); this file only adds what a config cannot express: choosing precision
+and thread count for the machine, and the messages that tell the user what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+from mnist_rnn.callbacks import default_progress_bar
+from mnist_rnn.data import MNISTDataModule
+from mnist_rnn.errors import MnistRnnError
+from mnist_rnn.model import LSTMClassifier
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def config_file(name: str) -> str:
+    """Path of one of the repository's conf/*.yaml files.
+
+    A wheel ships them as mnist_rnn/conf/; a source checkout or editable install reads conf/.
+    """
+    packaged = Path(__file__).parent / "conf"
+    folder = packaged if packaged.is_dir() else Path(__file__).parent.parent / "conf"
+    return str(folder / name)
+
+
+def auto_precision(accelerator: Any) -> str:
+    """bf16-mixed where the hardware computes bf16 natively, full fp32 elsewhere."""
+    on_gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    if str(accelerator) in ("auto", "cpu"):
+        native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return "bf16-mixed" if native_bf16 else "32-true"
+    return "32-true"
+
+
+def auto_threads(batch_size: int) -> int:
+    """Threads for torch on the CPU.
+
+    Small batches are bound by per-step overhead; a second thread gains little there and
+    collapses the step rate when another process is busy on that core. Large batches are bound
+    by matrix work and use every core this process may run on.
+    """
+    if batch_size < 32:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class SaveFitConfig(SaveConfigCallback):
+    """Save the run's config.yaml for fit only: test/predict must not touch a run's folder."""
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
+class MnistRnnCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--threads",
+            type=Optional[int],
+            default=None,
+            help="CPU threads for torch; null picks 1 below batch size 32 (overhead-bound), all cores above.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        if config.trainer.precision is None:
+            config.trainer.precision = auto_precision(config.trainer.accelerator)
+        threads = config.threads or auto_threads(config.data.batch_size)
+        torch.set_num_threads(threads)
+        if self.subcommand != "fit":
+            # Evaluating a checkpoint prints its results; it does not open a new run folder.
+            config.trainer.logger = False
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        configured = config.get("callbacks") or []
+        has_bar = any(isinstance(c, ProgressBar) for c in list(configured) + list(callbacks))
+        if config.get("enable_progress_bar", True) is not False and not has_bar:
+            callbacks = [*callbacks, default_progress_bar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not trainer.is_global_zero or trainer.checkpoint_callback is None:
+            return
+        ckpt = trainer.checkpoint_callback
+        best = ckpt.best_model_path or ckpt.last_model_path
+        score = ckpt.best_model_score
+        lines = [f"best checkpoint: {best or '(none saved)'}"]
+        if score is not None:
+            lines.append(f"best {ckpt.monitor}: {float(score):.4f}")
+        if trainer.logger is not None and trainer.log_dir:
+            lines.append(f"logs: {trainer.log_dir}  (view with: tensorboard --logdir {Path(trainer.log_dir).parent.parent})")
+        if best:
+            command = ["mnist-rnn", "test"]
+            saved_config = Path(trainer.log_dir or "") / "config.yaml"
+            if saved_config.is_file():
+                command += ["-c", str(saved_config)]
+            command += ["--ckpt_path", best]
+            lines.append("test it: " + shlex.join(command))
+        print("\n".join(lines), flush=True)
+
+
+class _DropTips(logging.Filter):
+    """Lightning's advertising tips say nothing about the run."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def _quiet_noise() -> None:
+    # The dataset is in memory: worker processes would only copy it.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # Lightning's model summary cannot size bf16 weights; the parameter count it shows is right.
+    warnings.filterwarnings("ignore", message=r".*is not supported by the model summary.*")
+    # A deprecation inside Lightning itself, not in this project.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Evaluating a checkpoint outside its run folder: ModelCheckpoint has nothing to resume there.
+    warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+
+
+def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
+    _quiet_noise()
+    return MnistRnnCLI(
+        LSTMClassifier,
+        MNISTDataModule,
+        subclass_mode_model=False,
+        subclass_mode_data=False,
+        save_config_callback=SaveFitConfig,
+        # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
+        parser_kwargs={sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
+        args=args,
+    )
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    try:
+        cli_main(args)
+    except MnistRnnError as err:
+        if os.environ.get("MNIST_RNN_DEBUG"):
+            raise
+        print(f"mnist-rnn: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""The classifier: an LSTM reads an image one row per time step, a linear head reads its final state."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from mnist_rnn.errors import ConfigError
+
+NUM_CLASSES = 10
+
+
+class LSTMClassifier(L.LightningModule):
+    """`nn.LSTM` over the rows of a 28x28 image, then `nn.Linear` on the final hidden state."""
+
+    def __init__(
+        self,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        forget_bias: float = 1.0,
+        optimizer: Literal["adam", "adamw", "sgd"] = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        scheduler: Literal["none", "onecycle", "cosine"] = "none",
+        warmup_pct: float = 0.3,
+    ) -> None:
+        """
+        Args:
+            hidden_size: Units in each LSTM layer (and direction).
+            num_layers: Stacked LSTM layers.
+            dropout: Dropout between stacked layers (ignored with one layer); in [0, 1).
+            bidirectional: Also read the rows bottom-up; the head then sees both directions' final states.
+            forget_bias: Initial forget-gate bias. 1.0 helps the LSTM keep information from early rows.
+            optimizer: adam, adamw or sgd (with Nesterov momentum 0.9).
+            lr: Learning rate; with a schedule, its peak.
+            weight_decay: L2 penalty (decoupled for adamw).
+            scheduler: none (constant lr), onecycle (warm up to lr, then anneal) or cosine (anneal
+                from lr to 0), stepped every batch over the whole run.
+            warmup_pct: Fraction of the run spent warming up, for onecycle.
+        """
+        super().__init__()
+        if hidden_size < 1:
+            raise ConfigError(f"model.hidden_size must be at least 1, got {hidden_size}")
+        if num_layers < 1:
+            raise ConfigError(f"model.num_layers must be at least 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}")
+        if not lr > 0:
+            raise ConfigError(f"model.lr must be positive, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"model.weight_decay must not be negative, got {weight_decay}")
+        if not 0.0 < warmup_pct < 1.0:
+            raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
+        self.save_hyperparameters()
+
+        self.rnn = nn.LSTM(
+            input_size=28,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+            batch_first=True,
+        )
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), NUM_CLASSES)
+        self._init_forget_bias(forget_bias)
+
+        # One metric object per stage, so their states never mix. validate_args=False on the
+        # training metric: its input checks cost more than the update itself at small batches.
+        self.train_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
+        self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        self.val_acc_best = MaxMetric()
+        # Saved in checkpoints, so a resumed run keeps its best validation accuracy.
+        self.val_acc_best.persistent(True)
+
+    def _init_forget_bias(self, value: float) -> None:
+        # PyTorch packs the gates as (input, forget, cell, output) and adds two bias vectors,
+        # so the forget gate's effective bias is the sum of both slices.
+        hidden = self.hparams.hidden_size
+        for name, bias in self.rnn.named_parameters():
+            if name.startswith("bias"):
+                with torch.no_grad():
+                    bias[hidden : 2 * hidden].fill_(value / 2)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, 10) for images (batch, 28, 28), one row per time step."""
+        _, (h_n, _) = self.rnn(images)
+        # h_n is (layers * directions, batch, hidden). The last layer's forward state is at the
+        # final row; its backward state finished at row 0, which output[:, -1] would miss.
+        if self.hparams.bidirectional:
+            features = torch.cat([h_n[-2], h_n[-1]], dim=1)
+        else:
+            features = h_n[-1]
+        return self.head(features)
+
+    def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
+        """The work shared by training, validation and test: logits, loss and predictions."""
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        return loss, logits.argmax(dim=1), labels
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        loss, preds, labels = self.model_step(batch)
+        self.train_acc(preds, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        # Accuracy over the epoch's batches; a single batch's accuracy (the notebook's
+        # "minibatch accuracy") is too noisy to read at small batch sizes.
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        loss, preds, labels = self.model_step(batch)
+        self.val_acc(preds, labels)
+        self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
+        self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return  # the sanity check's two batches must not count as a best epoch
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        loss, preds, labels = self.model_step(batch)
+        self.test_acc(preds, labels)
+        self.log("test/loss", loss, on_epoch=True, batch_size=len(labels), sync_dist=True)
+        self.log("test/acc", self.test_acc, on_epoch=True)
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        probs = self(images).float().softmax(dim=1)
+        return {"probs": probs, "labels": labels}
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "adam":
+            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        elif hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay
+            )
+        else:
+            raise ConfigError(f"model.optimizer must be adam, adamw or sgd, got {hp.optimizer!r}")
+        if hp.scheduler == "none":
+            return optimizer
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        if hp.scheduler == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp.lr, total_steps=total_steps, pct_start=hp.warmup_pct
+            )
+        elif hp.scheduler == "cosine":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+        else:
+            raise ConfigError(f"model.scheduler must be none, onecycle or cosine, got {hp.scheduler!r}")
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

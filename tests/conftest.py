@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny CLI runs in temporary folders, and MNIST-format files written by the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_rnn.cli import cli_main, config_file
+
+TINY = config_file("tiny.yaml")
+
+
+def run_cli(*args: str, cwd: Path):
+    """Run the mnist-rnn CLI in-process inside cwd; return (cli, captured stdout)."""
+    out = io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out):
+            cli = cli_main(list(args))
+    finally:
+        os.chdir(old)
+    return cli, out.getvalue()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One tiny `fit` (a few seconds), shared by the tests that only read what it left."""
+    cwd = tmp_path_factory.mktemp("tiny_fit")
+    cli, stdout = run_cli("fit", "-c", TINY, cwd=cwd)
+    return {"cwd": cwd, "cli": cli, "stdout": stdout, "run_dir": cwd / "runs" / "tiny" / "version_0"}
+
+
+def write_idx(path: Path, tensor: torch.Tensor) -> None:
+    """Write a uint8 tensor in the IDX format MNIST uses (gzip-compressed when path ends in .gz)."""
+    header = struct.pack(">I", 0x0800 + tensor.dim()) + b"".join(struct.pack(">I", n) for n in tensor.shape)
+    payload = header + tensor.to(torch.uint8).contiguous().numpy().tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+
+
+def write_fake_mnist(folder: Path, n_train: int = 300, n_test: int = 50, gz: bool = False, seed: int = 0) -> dict:
+    """A small MNIST-format dataset whose labels can be read off the images (class k lights row 2k)."""
+    gen = torch.Generator().manual_seed(seed)
+    data = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = torch.randint(0, 10, (n,), generator=gen)
+        images = torch.randint(0, 40, (n, 28, 28), generator=gen)
+        images[torch.arange(n), 2 * labels + 4] = 255
+        suffix = ".gz" if gz else ""
+        write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images)
+        write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels)
+        data[split] = (images.to(torch.uint8), labels)
+    return data
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu are skipped, with the reason shown, where no CUDA device is present."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,126 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_rnn.model import LSTMClassifier
+from tests.conftest import TINY, run_cli
+
+
+def test_fit_leaves_checkpoints_config_and_events(tiny_run):
+    run_dir = tiny_run["run_dir"]
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert "last.ckpt" in checkpoints
+    assert any(name.startswith("epoch") and name.endswith(".ckpt") for name in checkpoints)
+    config = (run_dir / "config.yaml").read_text()
+    assert "seed_everything: 42" in config and "hidden_size: 16" in config
+    events = EventAccumulator(str(run_dir)).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"):
+        assert tag in tags, f"{tag} missing from {sorted(tags)}"
+    assert any(tag.startswith("lr-") for tag in tags)
+    assert len(events.Scalars("val/acc")) == 2  # one value per epoch
+
+
+def test_fit_prints_where_everything_is(tiny_run):
+    out = tiny_run["stdout"]
+    ckpt = tiny_run["cli"].trainer.checkpoint_callback.best_model_path
+    assert f"best checkpoint: {ckpt}" in out
+    assert "best val/acc: " in out
+    assert "logs: runs/tiny/version_0" in out
+    assert f"test it: mnist-rnn test -c runs/tiny/version_0/config.yaml --ckpt_path {ckpt}" in out
+
+
+def test_best_validation_accuracy_is_the_max_over_epochs(tiny_run):
+    events = EventAccumulator(str(tiny_run["run_dir"])).Reload()
+    accs = [e.value for e in events.Scalars("val/acc")]
+    bests = [e.value for e in events.Scalars("val/acc_best")]
+    assert bests == pytest.approx([max(accs[: i + 1]) for i in range(len(accs))])
+
+
+def test_load_from_checkpoint_gives_identical_outputs(tiny_run):
+    trained = tiny_run["cli"].model.eval()
+    loaded = LSTMClassifier.load_from_checkpoint(tiny_run["run_dir"] / "checkpoints" / "last.ckpt").eval()
+    assert loaded.hparams.hidden_size == 16
+    images = torch.randn(5, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(trained(images), loaded(images))
+
+
+def test_test_subcommand_reports_test_accuracy(tiny_run):
+    ckpt = tiny_run["cli"].trainer.checkpoint_callback.best_model_path
+    cli, _ = run_cli("test", "-c", TINY, "--ckpt_path", ckpt, cwd=tiny_run["cwd"])
+    acc = cli.trainer.callback_metrics["test/acc"].item()
+    assert 0.0 <= acc <= 1.0
+    # The tiny run's own validation accuracy puts it well above chance, and so the test score.
+    assert acc > 0.15
+    # Evaluation does not open a new run folder.
+    assert sorted(p.name for p in (tiny_run["cwd"] / "runs" / "tiny").iterdir()) == ["version_0"]
+
+
+def test_checkpoint_alone_is_enough_to_test(tiny_run):
+    """A checkpoint of a 16-unit model is tested with the default (128-unit) config underneath."""
+    ckpt = tiny_run["cli"].trainer.checkpoint_callback.best_model_path
+    cli, _ = run_cli("test", "--ckpt_path", ckpt, "--trainer.limit_test_batches", "1", cwd=tiny_run["cwd"])
+    assert cli.model.hparams.hidden_size == 16
+    assert "test/acc" in cli.trainer.callback_metrics
+
+
+def test_same_seed_gives_same_metrics(tmp_path):
+    results = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        cli, _ = run_cli("fit", "-c", TINY, "--trainer.max_epochs", "1", cwd=tmp_path / name)
+        results.append({k: v.item() for k, v in cli.trainer.callback_metrics.items()})
+    assert results[0] == results[1]
+    cli, _ = run_cli("fit", "-c", TINY, "--trainer.max_epochs", "1", "--seed_everything", "7", cwd=tmp_path / "a")
+    assert cli.trainer.callback_metrics["train/loss"].item() != results[0]["train/loss"]
+
+
+def test_second_fit_gets_its_own_run_folder(tiny_run, tmp_path):
+    run_cli("fit", "-c", TINY, "--trainer.max_epochs", "1", cwd=tmp_path)
+    run_cli("fit", "-c", TINY, "--trainer.max_epochs", "1", cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0", "version_1"]
+
+
+def test_print_config_shows_the_defaults(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_rnn.cli", "fit", "--print_config"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hidden_size: 128" in result.stdout
+    assert "batch_size: 128" in result.stdout
+    assert "save_dir: runs" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flag,message",
+    [
+        ("--model.hidden_size=0", "model.hidden_size must be at least 1, got 0"),
+        ("--model.lr=-0.1", "model.lr must be positive, got -0.1"),
+        ("--data.batch_size=0", "batch sizes must be at least 1"),
+        ("--data.data_dir=/no/such/folder", "/no/such/folder does not exist"),
+    ],
+)
+def test_bad_settings_give_one_line_errors(tmp_path, flag, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, flag], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()
+
+
+def test_unknown_optimizer_is_rejected_before_training(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, "--model.optimizer=adamx"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert 'model.optimizer' in result.stderr and "adamx" in result.stderr
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,155 @@
+import gzip
+import shutil
+
+import pytest
+import torch
+
+from mnist_rnn import data as data_mod
+from mnist_rnn.data import MNISTDataModule, load_split, normalize, split_indices
+from mnist_rnn.errors import ConfigError, DatasetError
+from tests.conftest import write_fake_mnist
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    dm = MNISTDataModule(batch_size=128)
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
+def test_embedded_splits_shapes_and_dtypes(mnist):
+    assert len(mnist.datasets["train"]) == 55_000
+    assert len(mnist.datasets["val"]) == 5_000
+    assert len(mnist.datasets["test"]) == 10_000
+    images, labels = next(iter(mnist.train_dataloader()))
+    assert images.shape == (128, 28, 28) and images.dtype == torch.float32
+    assert labels.shape == (128,) and labels.dtype == torch.int64
+    assert 0 <= labels.min() and labels.max() <= 9
+
+
+def test_training_images_are_normalized(mnist):
+    images = mnist.datasets["train"].images
+    assert abs(images.mean().item()) < 0.01
+    assert abs(images.std().item() - 1.0) < 0.01
+
+
+def test_evaluation_loaders_drop_no_sample(mnist):
+    assert sum(len(y) for _, y in mnist.val_dataloader()) == 5_000
+    assert sum(len(y) for _, y in mnist.test_dataloader()) == 10_000
+    assert sum(len(y) for _, y in mnist.train_dataloader()) == 55_000
+
+
+def test_test_split_is_the_official_one(mnist):
+    images, labels = load_split("test")
+    assert torch.equal(mnist.datasets["test"].labels, labels)
+    assert torch.equal(mnist.datasets["test"].images, normalize(images))
+    # The first official test digit is a 7, the second a 2.
+    assert labels[:2].tolist() == [7, 2]
+
+
+def test_split_is_disjoint_covering_and_reproducible():
+    train, val = split_indices(60_000, 5_000, seed=0)
+    assert len(val) == 5_000 and len(train) == 55_000
+    assert torch.equal(torch.sort(torch.cat([train, val])).values, torch.arange(60_000))
+    again_train, again_val = split_indices(60_000, 5_000, seed=0)
+    assert torch.equal(val, again_val) and torch.equal(train, again_train)
+    _, other_val = split_indices(60_000, 5_000, seed=1)
+    assert not torch.equal(val, other_val)
+
+
+def test_datamodule_uses_the_seeded_split(mnist):
+    images, labels = load_split("train")
+    _, val = split_indices(60_000, 5_000, seed=0)
+    assert torch.equal(mnist.datasets["val"].labels, labels[val])
+    assert torch.equal(mnist.datasets["val"].images, normalize(images[val]))
+
+
+@pytest.fixture
+def embedded_copy(tmp_path, monkeypatch):
+    """A writable copy of the embedded files, used in place of the package's."""
+    copy = tmp_path / "embedded"
+    shutil.copytree(data_mod.EMBEDDED_DIR, copy)
+    monkeypatch.setattr(data_mod, "EMBEDDED_DIR", copy)
+    return copy
+
+
+def test_altered_embedded_file_fails_checksum(embedded_copy):
+    path = embedded_copy / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(path.read_bytes()))
+    content[100] = (content[100] + 1) % 10  # one label changed: still a valid IDX file
+    path.write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(DatasetError, match=r"t10k-labels-idx1-ubyte\.gz: content MD5 is .*expected 27ae3e4e"):
+        load_split("test")
+
+
+def test_truncated_embedded_file_is_named(embedded_copy):
+    path = embedded_copy / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte\.gz: .*truncated"):
+        load_split("test")
+
+
+def test_missing_embedded_file_is_named(embedded_copy):
+    (embedded_copy / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DatasetError, match=r"train-labels-idx1-ubyte\.gz: file is missing"):
+        load_split("train")
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+@pytest.mark.parametrize("layout", ["flat", "MNIST/raw"])
+def test_data_dir_reads_idx_files(tmp_path, gz, layout):
+    folder = tmp_path if layout == "flat" else tmp_path / "MNIST" / "raw"
+    written = write_fake_mnist(folder, n_train=300, n_test=50, gz=gz)
+    dm = MNISTDataModule(data_dir=str(tmp_path), val_size=50, batch_size=32)
+    dm.setup("fit")
+    dm.setup("test")
+    assert len(dm.datasets["train"]) == 250 and len(dm.datasets["val"]) == 50
+    assert torch.equal(dm.datasets["test"].labels, written["t10k"][1])
+    assert torch.equal(dm.datasets["test"].images, normalize(written["t10k"][0]))
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (32, 28, 28) and labels.shape == (32,)
+
+
+def test_data_dir_that_does_not_exist(tmp_path):
+    dm = MNISTDataModule(data_dir=str(tmp_path / "nope"))
+    with pytest.raises(DatasetError, match=r"nope does not exist.*--data.download true"):
+        dm.setup("fit")
+
+
+def test_data_dir_without_idx_files(tmp_path):
+    (tmp_path / "notes.txt").write_text("no data here")
+    dm = MNISTDataModule(data_dir=str(tmp_path))
+    with pytest.raises(DatasetError, match="holds no MNIST-format IDX files"):
+        dm.setup("test")
+
+
+def test_data_dir_with_a_truncated_file(tmp_path):
+    write_fake_mnist(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+    dm = MNISTDataModule(data_dir=str(tmp_path))
+    with pytest.raises(DatasetError, match=r"t10k-images-idx3-ubyte: not a valid MNIST-format IDX images file"):
+        dm.setup("test")
+
+
+def test_data_dir_with_mismatched_counts(tmp_path):
+    write_fake_mnist(tmp_path)
+    other = tmp_path / "other"
+    write_fake_mnist(other, n_test=40)
+    shutil.copy(other / "t10k-labels-idx1-ubyte", tmp_path / "t10k-labels-idx1-ubyte")
+    with pytest.raises(DatasetError, match="holds 50 images but .* holds 40 labels"):
+        load_split("test", tmp_path)
+
+
+@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"eval_batch_size": -1}, {"std": 0.0}])
+def test_invalid_data_settings_are_rejected(kwargs):
+    with pytest.raises(ConfigError):
+        MNISTDataModule(**kwargs)
+
+
+def test_val_size_out_of_range(tmp_path):
+    write_fake_mnist(tmp_path, n_train=100)
+    dm = MNISTDataModule(data_dir=str(tmp_path), val_size=100)
+    with pytest.raises(ConfigError, match=r"val_size must lie in 1\.\.99"):
+        dm.setup("fit")
