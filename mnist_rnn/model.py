@@ -1,4 +1,9 @@
-"""The classifier: an LSTM reads an image one row per time step, a linear head reads its final state."""
+"""The classifier: an LSTM (or GRU) reads an image as a sequence, a linear head reads its final state.
+
+The model owns the image-to-sequence step (rows, pixels or permuted pixels), so a checkpoint
+alone says how to read an image: test, predict on files and resume all use the same sequence
+and the same permutation, which is kept in the checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -14,10 +19,16 @@ from torchmetrics.classification import MulticlassAccuracy
 from mnist_rnn.errors import ConfigError
 
 NUM_CLASSES = 10
+IMAGE_SIDE = 28
+
+
+def pixel_permutation(seed: int) -> torch.Tensor:
+    """The fixed pixel order of permuted sequential MNIST, drawn reproducibly from seed."""
+    return torch.randperm(IMAGE_SIDE * IMAGE_SIDE, generator=torch.Generator().manual_seed(seed))
 
 
 class LSTMClassifier(L.LightningModule):
-    """`nn.LSTM` over the rows of a 28x28 image, then `nn.Linear` on the final hidden state."""
+    """`nn.LSTM` (or `nn.GRU`) over an image read as a sequence, then `nn.Linear` on the final state."""
 
     def __init__(
         self,
@@ -25,8 +36,12 @@ class LSTMClassifier(L.LightningModule):
         num_layers: int = 1,
         dropout: float = 0.0,
         bidirectional: bool = False,
+        cell: Literal["lstm", "gru"] = "lstm",
+        sequence: Literal["rows", "pixels", "permuted"] = "rows",
+        permutation_seed: int = 0,
         forget_bias: float = 1.0,
-        optimizer: Literal["adam", "adamw", "sgd"] = "adam",
+        recurrent_init: Literal["default", "orthogonal", "identity"] = "default",
+        optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         scheduler: Literal["none", "onecycle", "cosine"] = "none",
@@ -34,12 +49,22 @@ class LSTMClassifier(L.LightningModule):
     ) -> None:
         """
         Args:
-            hidden_size: Units in each LSTM layer (and direction).
-            num_layers: Stacked LSTM layers.
+            hidden_size: Units in each recurrent layer (and direction).
+            num_layers: Stacked recurrent layers.
             dropout: Dropout between stacked layers (ignored with one layer); in [0, 1).
-            bidirectional: Also read the rows bottom-up; the head then sees both directions' final states.
-            forget_bias: Initial forget-gate bias. 1.0 helps the LSTM keep information from early rows.
-            optimizer: adam, adamw or sgd (with Nesterov momentum 0.9).
+            bidirectional: Also read the sequence backwards; the head then sees both directions'
+                final states.
+            cell: lstm or gru.
+            sequence: How an image becomes a sequence: rows (28 steps of 28 pixels), pixels
+                (sequential MNIST: 784 steps of 1 pixel) or permuted (the 784 pixels in one fixed
+                random order, drawn from permutation_seed).
+            permutation_seed: Seed of the pixel order for sequence=permuted.
+            forget_bias: Initial LSTM forget-gate bias. 1.0 helps the LSTM keep information from
+                early steps. Ignored for gru.
+            recurrent_init: Hidden-to-hidden weights: default (PyTorch's uniform), orthogonal, or
+                identity (each gate's block an identity matrix).
+            optimizer: adam, adamw, sgd (with Nesterov momentum 0.9) or rmsprop (smoothing 0.9,
+                as in the sequential-MNIST papers).
             lr: Learning rate; with a schedule, its peak.
             weight_decay: L2 penalty (decoupled for adamw).
             scheduler: none (constant lr), onecycle (warm up to lr, then anneal) or cosine (anneal
@@ -57,12 +82,15 @@ class LSTMClassifier(L.LightningModule):
             raise ConfigError(f"model.lr must be positive, got {lr}")
         if weight_decay < 0:
             raise ConfigError(f"model.weight_decay must not be negative, got {weight_decay}")
+        if sequence == "permuted" and permutation_seed < 0:
+            raise ConfigError(f"model.permutation_seed must not be negative, got {permutation_seed}")
         if not 0.0 < warmup_pct < 1.0:
             raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
         self.save_hyperparameters()
 
-        self.rnn = nn.LSTM(
-            input_size=28,
+        rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn_class(
+            input_size=IMAGE_SIDE if sequence == "rows" else 1,
             hidden_size=hidden_size,
             num_layers=num_layers,
             dropout=dropout if num_layers > 1 else 0.0,
@@ -70,7 +98,12 @@ class LSTMClassifier(L.LightningModule):
             batch_first=True,
         )
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), NUM_CLASSES)
-        self._init_forget_bias(forget_bias)
+        self._init_recurrent_weights(recurrent_init)
+        if cell == "lstm":
+            self._init_forget_bias(forget_bias)
+        if sequence == "permuted":
+            # A buffer: saved in the checkpoint with the weights it was trained with.
+            self.register_buffer("permutation", pixel_permutation(permutation_seed))
 
         # One metric object per stage, so their states never mix. validate_args=False on the
         # training metric: its input checks cost more than the update itself at small batches.
@@ -81,6 +114,19 @@ class LSTMClassifier(L.LightningModule):
         # Saved in checkpoints, so a resumed run keeps its best validation accuracy.
         self.val_acc_best.persistent(True)
 
+    def _init_recurrent_weights(self, how: str) -> None:
+        if how == "default":
+            return
+        hidden = self.hparams.hidden_size
+        for name, weight in self.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                # One (hidden x hidden) block per gate, each initialised on its own.
+                for block in weight.data.split(hidden, dim=0):
+                    if how == "orthogonal":
+                        nn.init.orthogonal_(block)
+                    else:
+                        block.copy_(torch.eye(hidden))
+
     def _init_forget_bias(self, value: float) -> None:
         # PyTorch packs the gates as (input, forget, cell, output) and adds two bias vectors,
         # so the forget gate's effective bias is the sum of both slices.
@@ -90,9 +136,20 @@ class LSTMClassifier(L.LightningModule):
                 with torch.no_grad():
                     bias[hidden : 2 * hidden].fill_(value / 2)
 
+    def to_sequence(self, images: torch.Tensor) -> torch.Tensor:
+        """(batch, 28, 28) images -> (batch, steps, features) sequences as configured."""
+        if self.hparams.sequence == "rows":
+            return images
+        pixels = images.reshape(len(images), IMAGE_SIDE * IMAGE_SIDE, 1)
+        if self.hparams.sequence == "permuted":
+            pixels = pixels[:, self.permutation]
+        return pixels
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits (batch, 10) for images (batch, 28, 28), one row per time step."""
-        _, (h_n, _) = self.rnn(images)
+        """Logits (batch, 10) for normalized images (batch, 28, 28)."""
+        _, h_n = self.rnn(self.to_sequence(images))
+        if isinstance(h_n, tuple):  # an LSTM returns (h_n, c_n)
+            h_n = h_n[0]
         # h_n is (layers * directions, batch, hidden). The last layer's forward state is at the
         # final row; its backward state finished at row 0, which output[:, -1] would miss.
         if self.hparams.bidirectional:
@@ -158,12 +215,14 @@ class LSTMClassifier(L.LightningModule):
             optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, **fast)
         elif hp.optimizer == "adamw":
             optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, **fast)
+        elif hp.optimizer == "rmsprop":
+            optimizer = torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=0.9, weight_decay=hp.weight_decay)
         elif hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(
                 self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay
             )
         else:
-            raise ConfigError(f"model.optimizer must be adam, adamw or sgd, got {hp.optimizer!r}")
+            raise ConfigError(f"model.optimizer must be adam, adamw, sgd or rmsprop, got {hp.optimizer!r}")
         if hp.scheduler == "none":
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)

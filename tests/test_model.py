@@ -81,3 +81,62 @@ def test_best_validation_accuracy_is_kept_in_the_state_dict():
     restored = LSTMClassifier(hidden_size=4)
     restored.load_state_dict(state)
     assert restored.val_acc_best.compute().item() == pytest.approx(0.93)
+
+
+@pytest.mark.parametrize("sequence,steps,features", [("rows", 28, 28), ("pixels", 784, 1), ("permuted", 784, 1)])
+def test_sequence_modes_shape_the_input(sequence, steps, features):
+    model = LSTMClassifier(hidden_size=8, sequence=sequence)
+    images = torch.randn(3, 28, 28)
+    assert model.to_sequence(images).shape == (3, steps, features)
+    assert model.rnn.input_size == features
+    assert model(images).shape == (3, 10)
+
+
+def test_pixels_follow_reading_order():
+    model = LSTMClassifier(hidden_size=8, sequence="pixels")
+    images = torch.arange(2 * 784, dtype=torch.float32).reshape(2, 28, 28)
+    seq = model.to_sequence(images)
+    assert torch.equal(seq[1, :, 0], images[1].flatten())
+
+
+def test_permutation_is_fixed_by_its_seed_and_survives_a_checkpoint(tmp_path):
+    from mnist_rnn.model import pixel_permutation
+
+    model = LSTMClassifier(hidden_size=8, sequence="permuted", permutation_seed=3)
+    assert torch.equal(model.permutation, pixel_permutation(3))
+    assert torch.equal(torch.sort(model.permutation).values, torch.arange(784))
+    assert not torch.equal(pixel_permutation(3), pixel_permutation(4))
+    images = torch.randn(2, 28, 28)
+    assert torch.equal(model.to_sequence(images)[:, :, 0], images.reshape(2, 784)[:, pixel_permutation(3)])
+
+    import lightning as L
+
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    path = tmp_path / "permuted.ckpt"
+    trainer.save_checkpoint(path)
+    loaded = LSTMClassifier.load_from_checkpoint(path)
+    assert loaded.hparams.sequence == "permuted" and loaded.hparams.permutation_seed == 3
+    assert torch.equal(loaded.permutation, model.permutation)
+
+
+def test_gru_cell_and_its_bidirectional_head():
+    torch.manual_seed(0)
+    model = LSTMClassifier(hidden_size=6, cell="gru", bidirectional=True).eval()
+    assert isinstance(model.rnn, torch.nn.GRU)
+    images = torch.randn(4, 28, 28)
+    output, _ = model.rnn(images)
+    expected = model.head(torch.cat([output[:, -1, :6], output[:, 0, 6:]], dim=1))
+    assert torch.allclose(model(images), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_initialisations(cell):
+    gates = 4 if cell == "lstm" else 3
+    ortho = LSTMClassifier(hidden_size=6, cell=cell, recurrent_init="orthogonal")
+    for block in ortho.rnn.weight_hh_l0.detach().split(6):
+        assert torch.allclose(block @ block.T, torch.eye(6), atol=1e-5)
+    ident = LSTMClassifier(hidden_size=6, cell=cell, recurrent_init="identity")
+    assert torch.equal(ident.rnn.weight_hh_l0.detach(), torch.eye(6).repeat(gates, 1))
+    default = LSTMClassifier(hidden_size=6, cell=cell)
+    assert not torch.equal(default.rnn.weight_hh_l0.detach(), torch.eye(6).repeat(gates, 1))
