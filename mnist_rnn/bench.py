@@ -188,7 +188,7 @@ def inference_throughput(model: L.LightningModule, precision: str) -> float:
     return len(dm.datasets["test"]) / (time.perf_counter() - start)
 
 
-def full_default_fit(config: str, workdir: Path) -> dict:
+def full_default_fit(config: str, workdir: Path, flags: Optional[list[str]] = None) -> dict:
     """A whole `mnist-rnn fit` in a child process: wall time, peak memory, then its test accuracy."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The child reports its own peak: RUSAGE_CHILDREN would also count this process's pages,
@@ -199,7 +199,7 @@ def full_default_fit(config: str, workdir: Path) -> dict:
         "try:\n    main()\n"
         "finally:\n    print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     )
-    command = [sys.executable, "-c", fit_and_report, "fit", "-c", config_file(config)]
+    command = [sys.executable, "-c", fit_and_report, "fit", "-c", config_file(config), *(flags or [])]
     start = time.perf_counter()
     fit = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -208,7 +208,7 @@ def full_default_fit(config: str, workdir: Path) -> dict:
     peak_rss_mb = int(re.search(r"^peak_rss_kb (\d+)$", fit.stderr, re.M).group(1)) / 1024
     best = re.search(r"^best checkpoint: (.+)$", fit.stdout, re.M).group(1)
     test = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best, "--trainer.limit_test_batches", "1.0"],
+        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best, "--trainer.limit_test_batches", "1.0", *(flags or [])],
         cwd=workdir, env=env, capture_output=True, text=True,
     )  # fmt: skip
     accuracy = float(re.search(r"test/acc\s+([0-9.]+)", test.stdout).group(1))
@@ -315,16 +315,40 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def run_gpu() -> dict:
+    """The GPU figures: steady-state samples/s of `mnist-rnn fit` for the default and GPU
+    configs on the first CUDA device, then a whole fit of each with its test accuracy."""
+    if not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device; none is visible")
+    results: dict = {
+        "date": datetime.now().isoformat(timespec="seconds"),
+        "machine": {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "lightning": L.__version__},
+    }
+    gpu_flags = ["--trainer.accelerator", "gpu", "--trainer.devices", "1"]
+    with tempfile.TemporaryDirectory(prefix="mnist-rnn-bench-") as tmp:
+        for name, config, batch in (("default", "default.yaml", 128), ("gpu", "gpu.yaml", 1024)):
+            workdir = Path(tmp) / name
+            workdir.mkdir()
+            rate, _ = project_fit({"config": config, "batch": batch}, 30, 150 if batch > 512 else 300, workdir, gpu_flags)
+            results[name] = {"batch": batch, "samples_per_s": rate, "full_fit": full_default_fit(config, workdir, gpu_flags)}
+    return results
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mnist_rnn.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything, to check the benchmark runs")
+    parser.add_argument("--gpu", action="store_true", help="the GPU figures instead (needs a CUDA device)")
     parser.add_argument("--json", default=None, help="where to write the figures (default: bench-<time>.json here)")
     args = parser.parse_args(argv)
     out = Path(args.json or f"bench-{datetime.now():%Y%m%d-%H%M%S}.json")
     if out.exists():
         parser.error(f"{out} exists; name another --json file")
-    results = run(args.smoke)
-    print(report(results))
+    if args.gpu:
+        results = run_gpu()
+        print(json.dumps(results, indent=2))
+    else:
+        results = run(args.smoke)
+        print(report(results))
     out.write_text(json.dumps(results, indent=2))
     print(f"figures written to {out}")
 

@@ -101,6 +101,7 @@ class MnistRnnCLI(LightningCLI):
 
     def after_fit(self) -> None:
         trainer = self.trainer
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         if not trainer.is_global_zero or trainer.checkpoint_callback is None:
             return
         ckpt = trainer.checkpoint_callback
@@ -109,11 +110,11 @@ class MnistRnnCLI(LightningCLI):
         lines = [f"best checkpoint: {best or '(none saved)'}"]
         if score is not None:
             lines.append(f"best {ckpt.monitor}: {float(score):.4f}")
-        if trainer.logger is not None and trainer.log_dir:
-            lines.append(f"logs: {trainer.log_dir}  (view with: tensorboard --logdir {Path(trainer.log_dir).parent.parent})")
+        if trainer.logger is not None and log_dir:
+            lines.append(f"logs: {log_dir}  (view with: tensorboard --logdir {Path(log_dir).parent.parent})")
         if best:
             command = ["mnist-rnn", "test"]
-            saved_config = Path(trainer.log_dir or "") / "config.yaml"
+            saved_config = Path(log_dir or "") / "config.yaml"
             if saved_config.is_file():
                 command += ["-c", str(saved_config)]
             command += ["--ckpt_path", best]

@@ -178,7 +178,9 @@ class LSTMClassifier(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log("train/acc", self.train_acc.compute(), prog_bar=True)  # compute() syncs ranks
+        # compute() already gathers all ranks; sync_dist only averages equal values (and tells
+        # Lightning so).
+        self.log("train/acc", self.train_acc.compute(), prog_bar=True, sync_dist=True)
         self.train_acc.reset()
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -191,7 +193,7 @@ class LSTMClassifier(L.LightningModule):
         if self.trainer.sanity_checking:
             return  # the sanity check's two batches must not count as a best epoch
         self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, preds, labels = self.model_step(batch)
