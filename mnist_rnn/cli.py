@@ -20,9 +20,9 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
-from mnist_rnn.callbacks import default_progress_bar
+from mnist_rnn.callbacks import PredictionCSVWriter, default_progress_bar
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import MnistRnnError
+from mnist_rnn.errors import MnistRnnError, SkippedInputsError
 from mnist_rnn.model import LSTMClassifier
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -82,6 +82,14 @@ class MnistRnnCLI(LightningCLI):
             help="CPU threads for torch; null picks 1 below batch size 32 (overhead-bound), all cores above.",
         )
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            # Only predict writes predictions: its CSV writer is always there (--predictions.output),
+            # whatever callbacks a config lists, and fit's configs do not carry its settings.
+            parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
+        return parser
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         if config.trainer.precision is None:
@@ -120,6 +128,18 @@ class MnistRnnCLI(LightningCLI):
             command += ["--ckpt_path", best]
             lines.append("test it: " + shlex.join(command))
         print("\n".join(lines), flush=True)
+
+    def after_predict(self) -> None:
+        skipped = self.datamodule.skipped
+        if not skipped:
+            return
+        for path, reason in skipped:
+            print(f"mnist-rnn: skipped {path}: {reason}", file=sys.stderr)
+        total = len(skipped) + len(self.datamodule.datasets["predict"])
+        raise SkippedInputsError(
+            f"{len(skipped)} of {total} inputs could not be read and have no prediction (named above);"
+            " replace or remove them"
+        )
 
 
 class _DropTips(logging.Filter):

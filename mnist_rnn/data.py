@@ -21,10 +21,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_rnn.errors import ConfigError, DatasetError
+from mnist_rnn.images import read_digits
 
 # The mean and standard deviation of MNIST's training pixels (scaled to [0, 1]).
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
+
+# The label of an image that has none (the user's own digits): predict writes no label column then.
+NO_LABEL = -1
 
 # The four IDX files of an MNIST-format dataset (Fashion-MNIST and KMNIST use the same names).
 IDX_FILES = {
@@ -149,11 +153,13 @@ class InMemoryDataset(Dataset):
 
     DataLoader calls `__getitems__` with the batch's indices when a dataset has it (torch>=2.0),
     so the standard samplers (shuffling, DistributedSampler under DDP) work unchanged.
+    `names` says where each image came from, for the predictions CSV.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, names: Optional[list[str]] = None) -> None:
         self.images = images
         self.labels = labels
+        self.names = names
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -184,6 +190,7 @@ class MNISTDataModule(L.LightningDataModule):
         split_seed: int = 0,
         mean: float = MNIST_MEAN,
         std: float = MNIST_STD,
+        predict_path: Optional[str] = None,
     ) -> None:
         """
         Args:
@@ -199,6 +206,9 @@ class MNISTDataModule(L.LightningDataModule):
                 every run validates on the same images.
             mean: Mean of the training pixels in [0, 1], subtracted before training.
             std: Standard deviation of the training pixels in [0, 1], divided by before training.
+            predict_path: What `predict` reads: an image file, a folder of images or a glob pattern
+                (quoted), in any format Pillow reads, any size, colour or grey, dark ink on light paper
+                or the reverse. Default: the official test set.
         """
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -210,6 +220,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.datasets: dict[str, InMemoryDataset] = {}
+        # (path, reason) of each predict_path file that could not be read, for the CLI to report.
+        self.skipped: list[tuple[str, str]] = []
 
     def prepare_data(self) -> None:
         if not self.hparams.download:
@@ -238,11 +250,11 @@ class MNISTDataModule(L.LightningDataModule):
             return self.trainer.strategy.root_device
         return torch.device("cpu")
 
-    def _dataset(self, images: torch.Tensor, labels: torch.Tensor) -> InMemoryDataset:
+    def _dataset(self, images: torch.Tensor, labels: torch.Tensor, names: Optional[list[str]] = None) -> InMemoryDataset:
         device = self._device()
         # Normalized after selecting a split, so only one float copy of the pixels ever exists.
         images = normalize(images.to(device), self.hparams.mean, self.hparams.std)
-        return InMemoryDataset(images, labels.to(device))
+        return InMemoryDataset(images, labels.to(device), names)
 
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self.datasets:
@@ -250,8 +262,19 @@ class MNISTDataModule(L.LightningDataModule):
             train_idx, val_idx = split_indices(len(labels), self.hparams.val_size, self.hparams.split_seed)
             self.datasets["train"] = self._dataset(images[train_idx], labels[train_idx])
             self.datasets["val"] = self._dataset(images[val_idx], labels[val_idx])
-        if stage in ("test", "predict") and "test" not in self.datasets:
-            self.datasets["test"] = self._dataset(*load_split("test", self._data_dir()))
+        user_images = self.hparams.predict_path is not None
+        if (stage == "test" or (stage == "predict" and not user_images)) and "test" not in self.datasets:
+            images, labels = load_split("test", self._data_dir())
+            # The CSV's path column for the official test set: the image's index in it.
+            self.datasets["test"] = self._dataset(images, labels, [f"test#{i}" for i in range(len(labels))])
+        if stage == "predict" and not user_images:
+            self.datasets["predict"] = self.datasets["test"]
+        elif stage == "predict" and "predict" not in self.datasets:
+            # The user's own images, read once into memory like MNIST itself.
+            digits = read_digits(self.hparams.predict_path)
+            self.skipped = digits.skipped
+            labels = torch.full((len(digits.paths),), NO_LABEL, dtype=torch.int64)
+            self.datasets["predict"] = self._dataset(digits.images, labels, digits.paths)
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         # num_workers=0: batches are one tensor index away, worker processes would only add copies.
@@ -269,4 +292,4 @@ class MNISTDataModule(L.LightningDataModule):
         return self._loader("test", self.hparams.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size)
+        return self._loader("predict", self.hparams.eval_batch_size)

@@ -11,3 +11,15 @@ class DatasetError(MnistRnnError):
 
 class ConfigError(MnistRnnError, ValueError):
     """A setting is out of range; raised before any training starts."""
+
+
+class PredictInputError(MnistRnnError):
+    """The images to predict cannot be found or read: an empty folder, a pattern matching nothing, a bad file."""
+
+
+class SkippedInputsError(PredictInputError):
+    """Some images could not be read: the others were predicted, these are missing from the CSV."""
+
+
+class PredictOutputError(MnistRnnError):
+    """The predictions cannot be written where they were asked for; raised before predicting."""

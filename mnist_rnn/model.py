@@ -183,11 +183,13 @@ class LSTMClassifier(L.LightningModule):
         self.log("train/acc", self.train_acc.compute(), prog_bar=True, sync_dist=True)
         self.train_acc.reset()
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, labels = self.model_step(batch)
         self.val_acc(preds, labels)
         self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         self.log("val/acc", self.val_acc, on_epoch=True, prog_bar=True)
+        # For callbacks (the TensorBoard dashboards), which see the batch but not the predictions.
+        return {"preds": preds}
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_rnn.cli import cli_main, config_file
+from mnist_rnn.cli import cli_main, config_file, main
 
 TINY = config_file("tiny.yaml")
 
@@ -36,6 +36,33 @@ def tiny_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("tiny_fit")
     cli, stdout = run_cli("fit", "-c", TINY, cwd=cwd)
     return {"cwd": cwd, "cli": cli, "stdout": stdout, "run_dir": cwd / "runs" / "tiny" / "version_0"}
+
+
+def run_main(*args: str, cwd: Path) -> tuple[int, str, str]:
+    """Run the `mnist-rnn` command in-process inside cwd, as from a shell: (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main(list(args))
+        status = 0
+    except SystemExit as exit:
+        status = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        os.chdir(old)
+    return status, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="session")
+def trained_ckpt(tmp_path_factory) -> Path:
+    """A checkpoint of the default model at hidden size 64 after 400 batches: about 95% accurate, in seconds."""
+    cwd = tmp_path_factory.mktemp("trained")
+    cli, _ = run_cli(
+        "fit", "--model.hidden_size", "64", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "400",
+        "--threads", "1", cwd=cwd,  # one thread: two collapse when another process is busy on the cores
+    )
+    return cwd / cli.trainer.checkpoint_callback.best_model_path
 
 
 def write_idx(path: Path, tensor: torch.Tensor) -> None:

@@ -1,10 +1,16 @@
+import contextlib
+import io
 import subprocess
 import sys
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
 
+from mnist_rnn.callbacks import TensorBoardDashboards
+from mnist_rnn.cli import cli_main, config_file
 from mnist_rnn.model import LSTMClassifier
 from tests.conftest import TINY, run_cli
 
@@ -124,3 +130,40 @@ def test_unknown_optimizer_is_rejected_before_training(tmp_path):
     assert result.returncode != 0
     assert 'model.optimizer' in result.stderr and "adamx" in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_fit_logs_the_dashboards(tiny_run):
+    events = EventAccumulator(str(tiny_run["run_dir"]), size_guidance={"images": 0}).Reload()
+    assert "hp_metric" not in events.Tags()["scalars"]
+    epoch_steps = [e.step for e in events.Scalars("val/acc")]
+    for tag in ("val/confusion_matrix", "val/misclassified"):
+        pictures = events.Images(tag)
+        assert [p.step for p in pictures] == epoch_steps  # one per validation epoch, next to its scalars
+        with Image.open(io.BytesIO(pictures[-1].encoded_image_string)) as picture:
+            assert picture.width > 200 and picture.height > 200
+    # HPARAMS: one experiment whose only metric is val/acc_best, and the run's settings as given.
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])
+    assert [m.name.tag for m in experiment.metric_infos] == ["val/acc_best"]
+    start = hparams_metadata.parse_session_start_info_plugin_data(content[hparams_metadata.SESSION_START_INFO_TAG])
+    settings = {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+    assert settings["hidden_size"] == 16 and settings["batch_size"] == 64  # tiny.yaml's, over default.yaml's
+    assert settings["lr"] == pytest.approx(0.003) and settings["optimizer"] == "adam"
+    assert settings["scheduler"] == "onecycle" and settings["val_size"] == 5000
+    assert not any(k.startswith("_") for k in settings)
+
+
+def test_dashboards_cost_little(tiny_run):
+    dashboards = next(c for c in tiny_run["cli"].trainer.callbacks if isinstance(c, TensorBoardDashboards))
+    assert len(dashboards.epoch_seconds) == 2  # the sanity check is not drawn
+    # Drawing and logging both pictures takes tens of milliseconds; seconds would be a regression.
+    assert max(dashboards.epoch_seconds) < 2.0
+
+
+@pytest.mark.parametrize("config", ["default.yaml", "seed.yaml", "tiny.yaml"])
+def test_every_config_has_the_dashboards(config):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        cli_main(["fit", "-c", config_file(config), "--print_config"])
+    assert "class_path: mnist_rnn.callbacks.TensorBoardDashboards" in out.getvalue()
+    assert "default_hp_metric: false" in out.getvalue()
