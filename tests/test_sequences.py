@@ -1,5 +1,7 @@
 """Short real trainings in each sequence mode: each must learn clearly beyond chance."""
 
+from pathlib import Path
+
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -45,3 +47,43 @@ def test_each_mode_learns_beyond_chance(small_mnist, tmp_path, flags, epochs):
     assert len(losses) == epochs and len(train_acc) == epochs  # 10 steps an epoch, logged every 10
     assert losses[-1] < 0.85 * losses[0]
     assert max(train_acc[-2:]) > 0.3, train_acc
+
+
+@pytest.mark.parametrize("sequence", ["pixels", "permuted"])
+def test_predict_on_image_files_reads_them_as_the_model_was_trained(tmp_path, sequence):
+    import csv
+
+    import torch
+    from PIL import Image
+
+    from mnist_rnn.data import normalize
+    from mnist_rnn.images import read_digits
+    from mnist_rnn.model import LSTMClassifier
+    from tests.conftest import run_main
+
+    cli, _ = run_cli(
+        "fit", "-c", TINY, "--model.sequence", sequence, "--model.permutation_seed", "5",
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
+        cwd=tmp_path,
+    )  # fmt: skip
+    ckpt = tmp_path / cli.trainer.checkpoint_callback.last_model_path
+    images, _ = load_split("test")
+    for i in range(6):
+        Image.fromarray(images[i].numpy()).save(tmp_path / f"digit_{i}.png")
+    out = tmp_path / "pred.csv"
+    status, _, _ = run_main(
+        "predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(tmp_path / "digit_*.png"),
+        "--predictions.output", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert status == 0
+    with open(out, newline="") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    model = LSTMClassifier.load_from_checkpoint(ckpt).eval()
+    assert model.hparams.sequence == sequence
+    digits = read_digits(str(tmp_path / "digit_*.png"))
+    with torch.no_grad():
+        probs = model(normalize(digits.images)).softmax(dim=1)
+    for path, p in zip(digits.paths, probs):
+        row = rows[Path(path).name]
+        assert int(row["prediction"]) == int(p.argmax())
+        assert float(row["p3"]) == pytest.approx(float(p[3]), abs=2e-3)
