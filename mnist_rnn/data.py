@@ -172,6 +172,18 @@ class InMemoryDataset(Dataset):
         return self.images[index], self.labels[index]
 
 
+def shift_images(images: torch.Tensor, max_shift: int, background: float) -> torch.Tensor:
+    """Move each (28, 28) image by its own random offset in [-max_shift, max_shift] on both axes,
+    filling what comes in from the border with the background value. One gather for the batch."""
+    n, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (max_shift,) * 4, value=background)
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2, n, 1), device=images.device)
+    rows = torch.arange(height, device=images.device) + max_shift - dy  # (n, height)
+    cols = torch.arange(width, device=images.device) + max_shift - dx  # (n, width)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded[batch, rows[:, :, None], cols[:, None, :]]
+
+
 def batch_as_is(batch):
     """The collate function for InMemoryDataset: its batches come out already stacked."""
     return batch
@@ -191,6 +203,7 @@ class MNISTDataModule(L.LightningDataModule):
         mean: float = MNIST_MEAN,
         std: float = MNIST_STD,
         predict_path: Optional[str] = None,
+        max_shift: int = 0,
     ) -> None:
         """
         Args:
@@ -209,6 +222,9 @@ class MNISTDataModule(L.LightningDataModule):
             predict_path: What `predict` reads: an image file, a folder of images or a glob pattern
                 (quoted), in any format Pillow reads, any size, colour or grey, dark ink on light paper
                 or the reverse. Default: the official test set.
+            max_shift: Augment training batches by moving each digit up to this many pixels
+                horizontally and vertically (a fresh random shift per image and step). 0: off.
+                Validation, test and predict always see the images as they are.
         """
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -217,6 +233,8 @@ class MNISTDataModule(L.LightningDataModule):
             )
         if std <= 0:
             raise ConfigError(f"data.std must be positive, got {std}")
+        if not 0 <= max_shift <= 8:
+            raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.datasets: dict[str, InMemoryDataset] = {}
@@ -275,6 +293,13 @@ class MNISTDataModule(L.LightningDataModule):
             self.skipped = digits.skipped
             labels = torch.full((len(digits.paths),), NO_LABEL, dtype=torch.int64)
             self.datasets["predict"] = self._dataset(digits.images, labels, digits.paths)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self.hparams.max_shift and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            background = -self.hparams.mean / self.hparams.std  # a zero pixel, normalized
+            return shift_images(images, self.hparams.max_shift, background), labels
+        return batch
 
     def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
         # num_workers=0: batches are one tensor index away, worker processes would only add copies.

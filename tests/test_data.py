@@ -153,3 +153,36 @@ def test_val_size_out_of_range(tmp_path):
     dm = MNISTDataModule(data_dir=str(tmp_path), val_size=100)
     with pytest.raises(ConfigError, match=r"val_size must lie in 1\.\.99"):
         dm.setup("fit")
+
+
+def test_shift_moves_each_digit_within_bounds_and_fills_background():
+    from mnist_rnn.data import shift_images
+
+    torch.manual_seed(0)
+    images = torch.zeros(64, 28, 28)
+    images[:, 10, 12] = 1.0
+    shifted = shift_images(images, 2, background=-0.4)
+    offsets = set()
+    for image in shifted:
+        (row, col), = (image == 1.0).nonzero().tolist()
+        dy, dx = row - 10, col - 12
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        offsets.add((dy, dx))
+        # Rows/columns pulled in from outside the frame are background, nothing else changes.
+        assert (image == -0.4).sum() == 28 * abs(dy) + 28 * abs(dx) - abs(dy) * abs(dx)
+    assert len(offsets) > 10  # a fresh offset per image
+
+
+def test_shift_augments_training_batches_only(tmp_path):
+    from tests.conftest import TINY, run_cli
+
+    cli, _ = run_cli("fit", "-c", TINY, "--data.max_shift", "2", "--trainer.max_epochs", "1", cwd=tmp_path)
+    dm = cli.datamodule
+    batch = next(iter(dm.val_dataloader()))
+    cli.trainer.training = False
+    cli.trainer.validating = True
+    assert torch.equal(dm.on_after_batch_transfer(batch, 0)[0], batch[0])
+    cli.trainer.training = True
+    assert not torch.equal(dm.on_after_batch_transfer(batch, 0)[0], batch[0])
+    with pytest.raises(ConfigError, match="max_shift"):
+        MNISTDataModule(max_shift=-1)
