@@ -33,6 +33,7 @@ class EpochLineProgressBar(ProgressBar):
         super().__init__()
         self._enabled = True
         self._epoch_start = 0.0
+        self._pending: Optional[tuple[int, int, float]] = None
 
     def disable(self) -> None:
         self._enabled = False
@@ -45,20 +46,27 @@ class EpochLineProgressBar(ProgressBar):
         return self._enabled
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module)
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self._enabled:
+        # The module logs train/acc in its own on_train_epoch_end, which runs after the
+        # callbacks' hook: print the line once that has happened (next epoch, or end of fit).
+        self._pending = (trainer.current_epoch, trainer.global_step, time.perf_counter() - self._epoch_start)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._report(trainer, pl_module)
+
+    def _report(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._pending is None or not self._enabled:
             return
+        epoch, step, seconds = self._pending
+        self._pending = None
         metrics = self.get_metrics(trainer, pl_module)
         metrics.pop("v_num", None)
         shown = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        seconds = time.perf_counter() - self._epoch_start
-        print(
-            f"epoch {trainer.current_epoch + 1}/{total}  step {trainer.global_step}  {shown}  ({seconds:.1f} s)",
-            flush=True,
-        )
+        print(f"epoch {epoch + 1}/{total}  step {step}  {shown}  ({seconds:.1f} s)", flush=True)
 
 
 def default_progress_bar() -> ProgressBar:
