@@ -30,7 +30,8 @@ import lightning as L
 import torch
 from torch import nn
 
-from mnist_rnn.cli import auto_precision, auto_threads, cli_main, config_file
+from mnist_rnn.cli import MnistRnnCLI, auto_precision, auto_threads, cli_main, config_file
+from mnist_rnn.data import load_split
 from mnist_rnn.data import EMBEDDED_DIR, IDX_FILES, MNIST_MEAN, MNIST_STD, MNISTDataModule
 
 # The two models the issue tracks: the everyday config and the notebook's.
@@ -91,7 +92,7 @@ class StepTimer(L.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
-def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[str]) -> tuple[float, L.LightningModule]:
+def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[str]) -> tuple[float, "MnistRnnCLI"]:
     """samples/s of `mnist-rnn fit -c <config>` over steady-state steps, as a user runs it."""
     args = [
         "fit",
@@ -112,7 +113,7 @@ def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[
     from mnist_rnn.bench import StepTimer as ImportedStepTimer
 
     timer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ImportedStepTimer))
-    return steps * case["batch"] / timer.seconds, cli.model
+    return steps * case["batch"] / timer.seconds, cli
 
 
 def _step_loop(batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], hidden: int, warmup: int, steps: int,
@@ -188,6 +189,23 @@ def inference_throughput(model: L.LightningModule, precision: str) -> float:
     return len(dm.datasets["test"]) / (time.perf_counter() - start)
 
 
+def predict_files_throughput(ckpt: Path, workdir: Path, count: int) -> float:
+    """Image files/s through `mnist-rnn predict --data.predict_path` (in-process, from the
+    command line's parsing to the CSV): reading, preprocessing, predicting, writing."""
+    from PIL import Image
+
+    folder = workdir / "digits"
+    folder.mkdir()
+    images, _ = load_split("test")
+    for i in range(count):
+        # As a user would hand them over: dark ink on light paper, 56 px.
+        Image.fromarray(255 - images[i].numpy()).resize((56, 56)).save(folder / f"{i:05d}.png")
+    start = time.perf_counter()
+    cli_main(["predict", "--ckpt_path", str(ckpt), "--data.predict_path", str(folder),
+              "--predictions.output", str(workdir / "predictions.csv")])  # fmt: skip
+    return count / (time.perf_counter() - start)
+
+
 def full_default_fit(config: str, workdir: Path, flags: Optional[list[str]] = None) -> dict:
     """A whole `mnist-rnn fit` in a child process: wall time, peak memory, then its test accuracy."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -248,11 +266,11 @@ def run(smoke: bool) -> dict:
             precision = auto_precision("cpu", case["batch"])
             threads = auto_threads(case["batch"])
             variants = {"project": [], "project_fp32": [], "handwritten": [], "bare": []}
-            model = None
+            cli = None
             for rep in range(reps):
                 workdir = tmp / f"{name}-{rep}"
                 workdir.mkdir()
-                rate, model = project_fit(case, w, n, workdir, smoke_args)
+                rate, cli = project_fit(case, w, n, workdir, smoke_args)
                 variants["project"].append(rate)
                 if precision != "32-true":
                     (workdir / "fp32").mkdir()
@@ -278,7 +296,9 @@ def run(smoke: bool) -> dict:
                 entry["fp32_fraction_of_fp32_peak"] = medians["project_fp32"] * flop / (results["matmul_gflops"]["fp32"] * 1e9)
             if name == "default":
                 torch.set_num_threads(threads)
-                entry["inference_samples_per_s"] = inference_throughput(model, precision)
+                entry["inference_samples_per_s"] = inference_throughput(cli.model, precision)
+                ckpt = workdir / cli.trainer.checkpoint_callback.last_model_path
+                entry["predict_files_per_s"] = predict_files_throughput(ckpt, workdir, 20 if smoke else 1000)
             results[name] = entry
         results["full_fit"] = full_default_fit("tiny.yaml" if smoke else "default.yaml", tmp)
     return results
@@ -307,6 +327,7 @@ def report(results: dict) -> str:
             )
     lines.append("(samples/s, median of runs; overhead = framework time per step over the bare loop)")
     lines.append(f"inference (Trainer.predict, 10,000 test images): {results['default']['inference_samples_per_s']:.0f} samples/s")
+    lines.append(f"predict on PNG files (mnist-rnn predict --data.predict_path, end to end): {results['default']['predict_files_per_s']:.0f} files/s")
     f = results["full_fit"]
     lines.append(
         f"full fit of conf/{f['config']}: {f['fit_wall_s']:.1f} s wall from start, peak RSS {f['peak_rss_mb']:.0f} MB,"

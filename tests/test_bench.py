@@ -24,6 +24,7 @@ def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
         assert results[name]["speedup_vs_handwritten"] == pytest.approx(rates["project"] / rates["handwritten"])
     assert results["seed"]["batch"] == 10 and results["seed"]["precision"] == "32-true"
     assert results["default"]["inference_samples_per_s"] > 0
+    assert results["default"]["predict_files_per_s"] > 0
     full = results["full_fit"]
     assert full["peak_rss_mb"] > 100 and 0.0 <= full["test_acc"] <= 1.0
     assert "speedup" in printed and f"figures written to {out}" in printed
