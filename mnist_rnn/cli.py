@@ -2,11 +2,13 @@
 
 Every setting lives in YAML (conf/default.yaml is read first, `-c FILE` on top of it, then
 command-line flags); this file only adds what a config cannot express: choosing precision
-and thread count for the machine, and the messages that tell the user what happened.
+and thread count for the machine, checking a `--ckpt_path` before anything runs, and the
+messages that tell the user what happened.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shlex
@@ -20,9 +22,10 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from mnist_rnn import checkpoints
 from mnist_rnn.callbacks import default_progress_bar
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import MnistRnnError
+from mnist_rnn.errors import CheckpointError, MnistRnnError
 from mnist_rnn.model import LSTMClassifier
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -70,6 +73,8 @@ class SaveFitConfig(SaveConfigCallback):
 
 
 class MnistRnnCLI(LightningCLI):
+    checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file's content, checked before anything runs
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--threads",
@@ -77,6 +82,31 @@ class MnistRnnCLI(LightningCLI):
             default=None,
             help="CPU threads for torch; null picks 1 below batch size 32 (overhead-bound), all cores above.",
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuse a bad checkpoint with a clear message, then apply its model settings.
+
+        Replaces LightningCLI's version, which reads the file unchecked (a damaged one ends in a
+        stack trace); like it, the checkpoint's model settings win over the config's, so the
+        model built fits the weights.
+        """
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        if not config or not config.get("ckpt_path"):
+            return
+        path = Path(config.ckpt_path)
+        self.checkpoint = checkpoints.read_checkpoint(path)
+        hparams = dict(self.checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        known = inspect.signature(LSTMClassifier.__init__).parameters
+        unknown = sorted(set(hparams) - set(known))
+        if unknown:
+            raise CheckpointError(
+                f"checkpoint {path} was made for a different model (settings {', '.join(unknown)} are unknown"
+                " here); pass a checkpoint of this LSTM classifier"
+            )
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -87,6 +117,11 @@ class MnistRnnCLI(LightningCLI):
         if self.subcommand != "fit":
             # Evaluating a checkpoint prints its results; it does not open a new run folder.
             config.trainer.logger = False
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if self.checkpoint is not None:
+            checkpoints.check_fits(self.model, self.checkpoint, self.config[self.subcommand].ckpt_path)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         configured = config.get("callbacks") or []

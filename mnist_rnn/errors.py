@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a one-line message instead of a stack trace."""
+"""The exceptions the CLI turns into a short message instead of a stack trace."""
 
 
 class MnistRnnError(Exception):
@@ -11,3 +11,11 @@ class DatasetError(MnistRnnError):
 
 class ConfigError(MnistRnnError, ValueError):
     """A setting is out of range; raised before any training starts."""
+
+
+class CheckpointError(MnistRnnError):
+    """A checkpoint file is missing, damaged, unsafe to load, or does not fit the model or the run."""
+
+
+class OutputError(MnistRnnError):
+    """A run folder or a checkpoint cannot be written."""

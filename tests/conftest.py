@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_rnn.cli import cli_main, config_file
+from mnist_rnn.cli import cli_main, config_file, main
 
 TINY = config_file("tiny.yaml")
 
@@ -28,6 +28,21 @@ def run_cli(*args: str, cwd: Path):
     finally:
         os.chdir(old)
     return cli, out.getvalue()
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run the CLI's main() in this process, expecting a clean refusal; return its one-line message.
+
+    A clean refusal exits with status 2 and prints exactly one `mnist-rnn: error: ...` line, no traceback.
+    """
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("mnist-rnn")]
+    assert len(lines) == 1 and lines[0].startswith("mnist-rnn: error: "), err
+    return lines[0].removeprefix("mnist-rnn: error: ")
 
 
 @pytest.fixture(scope="session")
