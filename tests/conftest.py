@@ -15,6 +15,7 @@ import torch
 from mnist_rnn.cli import cli_main, config_file, main
 
 TINY = config_file("tiny.yaml")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, cwd: Path):
@@ -28,6 +29,13 @@ def run_cli(*args: str, cwd: Path):
     finally:
         os.chdir(old)
     return cli, out.getvalue()
+
+
+def subprocess_env() -> dict:
+    """The environment for a CLI subprocess that can import this repository's tests package."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
 
 
 def cli_error(capsys, *args: str) -> str:
