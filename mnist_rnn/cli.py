@@ -2,8 +2,8 @@
 
 Every setting lives in YAML (conf/default.yaml is read first, `-c FILE` on top of it, then
 command-line flags); this file only adds what a config cannot express: choosing precision
-and thread count for the machine, checking a `--ckpt_path` before anything runs, and the
-messages that tell the user what happened.
+and thread count for the machine, checking a `--ckpt_path` and continuing the run it belongs
+to, and the messages that tell the user what happened.
 """
 
 from __future__ import annotations
@@ -65,11 +65,24 @@ def auto_threads(batch_size: int) -> int:
 
 
 class SaveFitConfig(SaveConfigCallback):
-    """Save the run's config.yaml for fit only: test/predict must not touch a run's folder."""
+    """Save the run's config.yaml for fit only: test/predict must not touch a run's folder.
+
+    A resumed run keeps the config.yaml it started with, so that `fit -c runs/.../config.yaml`
+    still reruns it from scratch. (A new run always gets a folder of its own, see RunLogger.)
+    """
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
+        if stage == "fit" and not (Path(trainer.log_dir or "") / self.config_filename).is_file():
             super().setup(trainer, pl_module, stage)
+
+
+def runs_folder(config) -> Optional[Path]:
+    """runs/<config name>/ of the configured logger: where `--ckpt_path last` looks."""
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not init_args or init_args.get("save_dir") is None or init_args.get("name") is None:
+        return None
+    return Path(init_args.save_dir) / init_args.name
 
 
 class MnistRnnCLI(LightningCLI):
@@ -84,18 +97,19 @@ class MnistRnnCLI(LightningCLI):
         )
 
     def _parse_ckpt_path(self) -> None:
-        """Refuse a bad checkpoint with a clear message, then apply its model settings.
+        """Resolve `--ckpt_path last`, refuse a bad checkpoint with a clear message, apply its model settings.
 
         Replaces LightningCLI's version, which reads the file unchecked (a damaged one ends in a
-        stack trace); like it, the checkpoint's model settings win over the config's, so the
-        model built fits the weights.
+        stack trace) and knows nothing of `last`; like it, the checkpoint's model settings win
+        over the config's, so the model built fits the weights.
         """
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
         if not config or not config.get("ckpt_path"):
             return
-        path = Path(config.ckpt_path)
+        path = checkpoints.resolve(config.ckpt_path, runs_folder(config))
         self.checkpoint = checkpoints.read_checkpoint(path)
+        config.ckpt_path = str(path)
         hparams = dict(self.checkpoint.get("hyper_parameters") or {})
         hparams.pop("_instantiator", None)
         known = inspect.signature(LSTMClassifier.__init__).parameters
@@ -117,6 +131,29 @@ class MnistRnnCLI(LightningCLI):
         if self.subcommand != "fit":
             # Evaluating a checkpoint prints its results; it does not open a new run folder.
             config.trainer.logger = False
+        elif self.checkpoint is not None:
+            self._continue_run(config)
+
+    def _continue_run(self, config) -> None:
+        """Resume `fit` from --ckpt_path: in the checkpoint's own run folder when it is that run's newest.
+
+        Logging then goes on in the same TensorBoard run: the events an interrupted attempt wrote
+        after its last checkpoint are hidden (SummaryWriter's purge_step), so no step goes back.
+        Resuming from an older checkpoint opens a new run folder instead, leaving the newer
+        checkpoints of its run untouched.
+        """
+        path = Path(config.ckpt_path)
+        checkpoints.check_resumable(self.checkpoint, path, config.trainer.max_epochs)
+        epoch, step = self.checkpoint.get("epoch", 0), self.checkpoint.get("global_step", 0)
+        runs = runs_folder(config)
+        run = checkpoints.run_of(path, runs) if runs is not None else None
+        if run is not None:
+            config.trainer.logger.init_args.version = checkpoints.version_of(run)
+            config.trainer.logger.init_args.purge_step = step
+            where = f"resuming {runs / run.name}"
+        else:
+            where = "resuming in a new run folder"
+        print(f"{where} from {path} (epoch {epoch + 1}, after step {step})", flush=True)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -168,6 +205,10 @@ def _quiet_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # Evaluating a checkpoint outside its run folder: ModelCheckpoint has nothing to resume there.
     warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
+    # A resumed run writes into its own, non-empty checkpoints folder; a new run always gets an empty one.
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    # Lightning looks for the position in the epoch on the loader; MNISTDataModule keeps it (state_dict).
+    warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
 
 

@@ -78,8 +78,10 @@ class LSTMClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.val_acc_best = MaxMetric()
-        # Saved in checkpoints, so a resumed run keeps its best validation accuracy.
+        # Saved in checkpoints, so a resumed run keeps its best validation accuracy, and the
+        # accuracy over the part of an epoch done before a mid-epoch stop.
         self.val_acc_best.persistent(True)
+        self.train_acc.persistent(True)
 
     def _init_forget_bias(self, value: float) -> None:
         # PyTorch packs the gates as (input, forget, cell, output) and adds two bias vectors,
@@ -107,6 +109,12 @@ class LSTMClassifier(L.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits.float(), labels)
         return loss, logits.argmax(dim=1), labels
+
+    def on_train_epoch_start(self) -> None:
+        # Lightning resets the epoch's accuracy after logging it, but a checkpoint taken at the
+        # epoch's end still holds the sums; a run resumed from it must not count them again.
+        # (Resuming mid-epoch skips this hook and keeps the sums, as it should.)
+        self.train_acc.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self.model_step(batch)
@@ -139,6 +147,18 @@ class LSTMClassifier(L.LightningModule):
         images, labels = batch
         probs = self(images).float().softmax(dim=1)
         return {"probs": probs, "labels": labels}
+
+    def on_train_start(self) -> None:
+        # A resumed schedule keeps the length it was built for; with another max_epochs or max_steps,
+        # onecycle would fail when it runs out of steps and cosine would silently climb back up.
+        total = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            built_for = getattr(config.scheduler, "total_steps", None) or getattr(config.scheduler, "T_max", None)
+            if built_for is not None and built_for != total:
+                raise ConfigError(
+                    f"the checkpoint's {self.hparams.scheduler} schedule was built for {built_for} steps but this run"
+                    f" has {total}; resume with the run's own --trainer.max_epochs / --trainer.max_steps"
+                )
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -11,7 +11,7 @@ from mnist_rnn.errors import OutputError
 
 
 class RunLogger(TensorBoardLogger):
-    """TensorBoardLogger that claims its version folder atomically.
+    """TensorBoardLogger that claims its version folder atomically and flushes at every checkpoint.
 
     TensorBoardLogger picks the version after the highest one it sees on disk, so two runs
     started together both pick version_N and write their events, config and checkpoints into
@@ -36,6 +36,15 @@ class RunLogger(TensorBoardLogger):
                 version += 1
             except OSError as err:
                 raise _unwritable(folder, err) from None
+
+
+    @rank_zero_only
+    def after_save_checkpoint(self, checkpoint_callback) -> None:
+        # What was logged up to a checkpoint reaches the disk with it (SummaryWriter otherwise keeps
+        # up to two minutes in memory), so a run killed later and resumed from that checkpoint has
+        # no gap in its curves.
+        if self._experiment is not None:
+            self._experiment.flush()
 
 
 def _unwritable(folder: str, err: OSError) -> OutputError:

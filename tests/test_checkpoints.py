@@ -1,4 +1,4 @@
-"""Checkpoints: atomic writes, loading that never runs code, damaged files refused."""
+"""Checkpoints: atomic writes, loading that never runs code, damaged files refused, and `--ckpt_path last`."""
 
 import errno
 import os
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
-from mnist_rnn.checkpoints import SafeCheckpointIO, read_checkpoint
+from mnist_rnn.checkpoints import SafeCheckpointIO, newest_checkpoint, read_checkpoint
 from mnist_rnn.errors import CheckpointError, OutputError
 from tests.conftest import TINY, cli_error
 
@@ -137,6 +137,8 @@ def _damage(kind: str, good: Path) -> Path:
         torch.save({**checkpoint, "hyper_parameters": {"channels": 32}}, bad)
     elif kind == "no_settings":
         torch.save({k: v for k, v in checkpoint.items() if k != "hyper_parameters"}, bad)
+    elif kind == "weights_only":
+        torch.save({k: v for k, v in checkpoint.items() if k in ("state_dict", "hyper_parameters", "epoch")}, bad)
     elif kind == "folder":
         bad.mkdir()
     return bad
@@ -156,6 +158,7 @@ BAD = {
         r"no_settings\.ckpt was made with a different model shape \(rnn\.weight_ih_l0 is \(64, 28\) there,"
         r" \(512, 28\) here\); pass the checkpoint's own model settings",
     ),
+    "weights_only": ("fit", r"weights_only\.ckpt holds weights only, so training cannot resume from it"),
 }
 
 
@@ -165,3 +168,26 @@ def test_a_bad_checkpoint_is_refused_in_one_line_before_anything_runs(good, caps
     args = [command, "-c", TINY, "--ckpt_path", bad.name] if command == "fit" else [command, "--ckpt_path", bad.name]
     assert re.search(message, cli_error(capsys, *args))
     assert not Path("runs").exists()
+
+
+def test_last_with_no_run_to_resume_is_an_error_not_a_fresh_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    message = cli_error(capsys, "fit", "-c", TINY, "--ckpt_path", "last")
+    assert message.startswith("--ckpt_path last: no checkpoint under runs/tiny/ to resume; start a new run without --ckpt_path")
+    assert not Path("runs").exists()
+
+
+def test_last_is_the_newest_checkpoint_of_the_newest_run_that_has_one(tmp_path):
+    files = {
+        "version_2/checkpoints/last.ckpt": 500,
+        "version_10/checkpoints/last.ckpt": 100,
+        "version_10/checkpoints/epoch03.ckpt": 200,
+        "version_11/config.yaml": 600,  # killed before its first checkpoint
+    }
+    for name, mtime in files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+        os.utime(path, (mtime, mtime))
+    assert newest_checkpoint(tmp_path) == tmp_path / "version_10/checkpoints/epoch03.ckpt"
+    assert newest_checkpoint(tmp_path / "nothing") is None
