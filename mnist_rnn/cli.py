@@ -12,6 +12,7 @@ import inspect
 import logging
 import os
 import shlex
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -21,11 +22,12 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_rnn import checkpoints
 from mnist_rnn.callbacks import default_progress_bar
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import CheckpointError, MnistRnnError
+from mnist_rnn.errors import CheckpointError, MnistRnnError, TrainingStopped
 from mnist_rnn.model import LSTMClassifier
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -226,14 +228,36 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
     )
 
 
+def resume_command(args: list[str]) -> str:
+    """The command that continues a stopped run: the same one, with `--ckpt_path last`."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg == "--ckpt_path":
+            skip_value = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["mnist-rnn", *kept, "--ckpt_path", checkpoints.LAST])
+
+
 def main(args: Optional[list[str]] = None) -> None:
     try:
         cli_main(args)
     except MnistRnnError as err:
         if os.environ.get("MNIST_RNN_DEBUG"):
             raise
-        print(f"mnist-rnn: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if isinstance(err, TrainingStopped):
+            command = resume_command(sys.argv[1:] if args is None else list(args))
+            print(f"mnist-rnn: {err}\nresume with: {command}", file=sys.stderr)
+        else:
+            print(f"mnist-rnn: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except SIGTERMException:
+        # Lightning's own SIGTERM handling, outside training: it would otherwise exit with status 0.
+        print("mnist-rnn: stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
 class MnistRnnError(Exception):
     """A problem the user can fix: the message names the culprit and the fix."""
 
+    exit_code = 2
+
 
 class DatasetError(MnistRnnError):
     """A dataset file is missing, truncated, altered or not in MNIST's IDX format."""
@@ -19,3 +21,16 @@ class CheckpointError(MnistRnnError):
 
 class OutputError(MnistRnnError):
     """A run folder or a checkpoint cannot be written."""
+
+
+class TrainingDiverged(MnistRnnError):
+    """The loss or the weights stopped being finite numbers; nothing of that state was saved."""
+
+
+class TrainingStopped(MnistRnnError):
+    """Training stopped on a signal after saving a checkpoint; the CLI adds the command that resumes it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        # The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM.
+        self.exit_code = 128 + signum
