@@ -16,12 +16,12 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_rnn import checkpoints
@@ -64,6 +64,18 @@ def auto_threads(batch_size: int) -> int:
     if batch_size < 32:
         return 1
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class OneLineErrorParser(LightningArgumentParser):
+    """Reports a bad option in one line, like the project's own errors, instead of a page of usage."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("MNIST_RNN_DEBUG"):
+            super().error(message, ex)  # raises (while jsonargparse tries alternatives), or the full report
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        print(f"mnist-rnn: error: {' '.join(message.split())} (options: {prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -222,6 +234,7 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
         subclass_mode_model=False,
         subclass_mode_data=False,
         save_config_callback=SaveFitConfig,
+        parser_class=OneLineErrorParser,
         # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
         parser_kwargs={sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
         args=args,

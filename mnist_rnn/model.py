@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from mnist_rnn.errors import ConfigError
 
 NUM_CLASSES = 10
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class LSTMClassifier(L.LightningModule):
@@ -55,8 +56,12 @@ class LSTMClassifier(L.LightningModule):
             raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}")
         if not lr > 0:
             raise ConfigError(f"model.lr must be positive, got {lr}")
+        if not lr <= FLOAT32_MAX:  # the optimizers multiply float32 tensors by it
+            raise ConfigError(f"model.lr must be at most {FLOAT32_MAX:.3g}, got {lr}")
         if weight_decay < 0:
             raise ConfigError(f"model.weight_decay must not be negative, got {weight_decay}")
+        if not weight_decay <= FLOAT32_MAX:
+            raise ConfigError(f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}")
         if not 0.0 < warmup_pct < 1.0:
             raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
         self.save_hyperparameters()

@@ -6,12 +6,14 @@ import contextlib
 import gzip
 import io
 import os
+import shutil
 import struct
 from pathlib import Path
 
 import pytest
 import torch
 
+from mnist_rnn import data as data_mod
 from mnist_rnn.cli import cli_main, config_file, main
 
 TINY = config_file("tiny.yaml")
@@ -59,6 +61,15 @@ def tiny_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("tiny_fit")
     cli, stdout = run_cli("fit", "-c", TINY, cwd=cwd)
     return {"cwd": cwd, "cli": cli, "stdout": stdout, "run_dir": cwd / "runs" / "tiny" / "version_0"}
+
+
+@pytest.fixture
+def embedded_copy(tmp_path, monkeypatch):
+    """A writable copy of the embedded files, used in place of the package's."""
+    copy = tmp_path / "embedded"
+    shutil.copytree(data_mod.EMBEDDED_DIR, copy)
+    monkeypatch.setattr(data_mod, "EMBEDDED_DIR", copy)
+    return copy
 
 
 def write_idx(path: Path, tensor: torch.Tensor) -> None:
