@@ -186,7 +186,8 @@ class MnistRnnCLI(LightningCLI):
         if not trainer.is_global_zero or trainer.checkpoint_callback is None:
             return
         ckpt = trainer.checkpoint_callback
-        best = ckpt.best_model_path or ckpt.last_model_path
+        # Without a validation score there is no best checkpoint; the newest one is the run's result.
+        best = ckpt.best_model_path or str(checkpoints.newest_in(Path(ckpt.dirpath or ".")) or "")
         score = ckpt.best_model_score
         lines = [f"best checkpoint: {best or '(none saved)'}"]
         if score is not None:
