@@ -297,7 +297,7 @@ def run(smoke: bool) -> dict:
             if name == "default":
                 torch.set_num_threads(threads)
                 entry["inference_samples_per_s"] = inference_throughput(cli.model, precision)
-                ckpt = workdir / cli.trainer.checkpoint_callback.last_model_path
+                ckpt = next(workdir.glob("runs/*/version_*/checkpoints/last.ckpt"))
                 entry["predict_files_per_s"] = predict_files_throughput(ckpt, workdir, 20 if smoke else 1000)
             results[name] = entry
         results["full_fit"] = full_default_fit("tiny.yaml" if smoke else "default.yaml", tmp)

@@ -2,27 +2,32 @@
 
 Every setting lives in YAML (conf/default.yaml is read first, `-c FILE` on top of it, then
 command-line flags); this file only adds what a config cannot express: choosing precision
-and thread count for the machine, and the messages that tell the user what happened.
+and thread count for the machine, checking a `--ckpt_path` and continuing the run it belongs
+to, and the messages that tell the user what happened.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import shlex
+import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from mnist_rnn import checkpoints
 from mnist_rnn.callbacks import PredictionCSVWriter, default_progress_bar
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import MnistRnnError, SkippedInputsError
+from mnist_rnn.errors import CheckpointError, MnistRnnError, SkippedInputsError, TrainingStopped
 from mnist_rnn.model import LSTMClassifier
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -65,15 +70,42 @@ def auto_threads(batch_size: int) -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+class OneLineErrorParser(LightningArgumentParser):
+    """Reports a bad option in one line, like the project's own errors, instead of a page of usage."""
+
+    def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
+        if not self.exit_on_error or os.environ.get("MNIST_RNN_DEBUG"):
+            super().error(message, ex)  # raises (while jsonargparse tries alternatives), or the full report
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        print(f"mnist-rnn: error: {' '.join(message.split())} (options: {prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 class SaveFitConfig(SaveConfigCallback):
-    """Save the run's config.yaml for fit only: test/predict must not touch a run's folder."""
+    """Save the run's config.yaml for fit only: test/predict must not touch a run's folder.
+
+    A resumed run keeps the config.yaml it started with, so that `fit -c runs/.../config.yaml`
+    still reruns it from scratch. (A new run always gets a folder of its own, see RunLogger.)
+    """
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
-        if stage == "fit":
+        if stage == "fit" and not (Path(trainer.log_dir or "") / self.config_filename).is_file():
             super().setup(trainer, pl_module, stage)
 
 
+def runs_folder(config) -> Optional[Path]:
+    """runs/<config name>/ of the configured logger: where `--ckpt_path last` looks."""
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not init_args or init_args.get("save_dir") is None or init_args.get("name") is None:
+        return None
+    return Path(init_args.save_dir) / init_args.name
+
+
 class MnistRnnCLI(LightningCLI):
+    checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file's content, checked before anything runs
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
             "--threads",
@@ -90,6 +122,32 @@ class MnistRnnCLI(LightningCLI):
             parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
         return parser
 
+    def _parse_ckpt_path(self) -> None:
+        """Resolve `--ckpt_path last`, refuse a bad checkpoint with a clear message, apply its model settings.
+
+        Replaces LightningCLI's version, which reads the file unchecked (a damaged one ends in a
+        stack trace) and knows nothing of `last`; like it, the checkpoint's model settings win
+        over the config's, so the model built fits the weights.
+        """
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        if not config or not config.get("ckpt_path"):
+            return
+        path = checkpoints.resolve(config.ckpt_path, runs_folder(config))
+        self.checkpoint = checkpoints.read_checkpoint(path)
+        config.ckpt_path = str(path)
+        hparams = dict(self.checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        known = inspect.signature(LSTMClassifier.__init__).parameters
+        unknown = sorted(set(hparams) - set(known))
+        if unknown:
+            raise CheckpointError(
+                f"checkpoint {path} was made for a different model (settings {', '.join(unknown)} are unknown"
+                " here); pass a checkpoint of this LSTM classifier"
+            )
+        if hparams:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         if config.trainer.precision is None:
@@ -99,6 +157,34 @@ class MnistRnnCLI(LightningCLI):
         if self.subcommand != "fit":
             # Evaluating a checkpoint prints its results; it does not open a new run folder.
             config.trainer.logger = False
+        elif self.checkpoint is not None:
+            self._continue_run(config)
+
+    def _continue_run(self, config) -> None:
+        """Resume `fit` from --ckpt_path: in the checkpoint's own run folder when it is that run's newest.
+
+        Logging then goes on in the same TensorBoard run: the events an interrupted attempt wrote
+        after its last checkpoint are hidden (SummaryWriter's purge_step), so no step goes back.
+        Resuming from an older checkpoint opens a new run folder instead, leaving the newer
+        checkpoints of its run untouched.
+        """
+        path = Path(config.ckpt_path)
+        checkpoints.check_resumable(self.checkpoint, path, config.trainer.max_epochs)
+        epoch, step = self.checkpoint.get("epoch", 0), self.checkpoint.get("global_step", 0)
+        runs = runs_folder(config)
+        run = checkpoints.run_of(path, runs) if runs is not None else None
+        if run is not None:
+            config.trainer.logger.init_args.version = checkpoints.version_of(run)
+            config.trainer.logger.init_args.purge_step = step
+            where = f"resuming {runs / run.name}"
+        else:
+            where = "resuming in a new run folder"
+        print(f"{where} from {path} (epoch {epoch + 1}, after step {step})", flush=True)
+
+    def after_instantiate_classes(self) -> None:
+        super().after_instantiate_classes()
+        if self.checkpoint is not None:
+            checkpoints.check_fits(self.model, self.checkpoint, self.config[self.subcommand].ckpt_path)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         configured = config.get("callbacks") or []
@@ -113,7 +199,8 @@ class MnistRnnCLI(LightningCLI):
         if not trainer.is_global_zero or trainer.checkpoint_callback is None:
             return
         ckpt = trainer.checkpoint_callback
-        best = ckpt.best_model_path or ckpt.last_model_path
+        # Without a validation score there is no best checkpoint; the newest one is the run's result.
+        best = ckpt.best_model_path or str(checkpoints.newest_in(Path(ckpt.dirpath or ".")) or "")
         score = ckpt.best_model_score
         lines = [f"best checkpoint: {best or '(none saved)'}"]
         if score is not None:
@@ -158,6 +245,10 @@ def _quiet_noise() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # Evaluating a checkpoint outside its run folder: ModelCheckpoint has nothing to resume there.
     warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
+    # A resumed run writes into its own, non-empty checkpoints folder; a new run always gets an empty one.
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+    # Lightning looks for the position in the epoch on the loader; MNISTDataModule keeps it (state_dict).
+    warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
 
 
@@ -169,10 +260,28 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
         subclass_mode_model=False,
         subclass_mode_data=False,
         save_config_callback=SaveFitConfig,
+        parser_class=OneLineErrorParser,
         # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
-        parser_kwargs={sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
+        parser_kwargs={
+            "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn.cli`
+            **{sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
+        },
         args=args,
     )
+
+
+def resume_command(args: list[str]) -> str:
+    """The command that continues a stopped run: the same one, with `--ckpt_path last`."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg == "--ckpt_path":
+            skip_value = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["mnist-rnn", *kept, "--ckpt_path", checkpoints.LAST])
 
 
 def main(args: Optional[list[str]] = None) -> None:
@@ -181,8 +290,16 @@ def main(args: Optional[list[str]] = None) -> None:
     except MnistRnnError as err:
         if os.environ.get("MNIST_RNN_DEBUG"):
             raise
-        print(f"mnist-rnn: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        if isinstance(err, TrainingStopped):
+            command = resume_command(sys.argv[1:] if args is None else list(args))
+            print(f"mnist-rnn: {err}\nresume with: {command}", file=sys.stderr)
+        else:
+            print(f"mnist-rnn: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except SIGTERMException:
+        # Lightning's own SIGTERM handling, outside training: it would otherwise exit with status 0.
+        print("mnist-rnn: stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
 
 
 if __name__ == "__main__":

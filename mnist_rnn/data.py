@@ -13,11 +13,11 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mnist_rnn.errors import ConfigError, DatasetError
@@ -189,6 +189,53 @@ def batch_as_is(batch):
     return batch
 
 
+class EpochShuffle(Sampler[int]):
+    """A new order of the training images every epoch, drawn from (seed, epoch) alone, that can resume mid-epoch.
+
+    The order of epoch e does not depend on what this process did before, so a run resumed from a
+    checkpoint sees exactly the batches the uninterrupted run would have seen: Lightning calls
+    `set_epoch` at every epoch start, and the position within the epoch travels in the checkpoint
+    with the datamodule's state.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+        self.served = 0  # indices handed out so far in this epoch
+        self._resume_at = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._resume_at = 0  # a saved position belongs to the epoch it was saved in
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        # hash() of a tuple of ints is the same in every process (only str and bytes hashes are salted).
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)))
+        order = torch.randperm(self.size, generator=generator)
+        start, self._resume_at = self._resume_at, 0
+        self.served = start
+        for index in order[start:].tolist():
+            self.served += 1
+            yield index
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.seed, self.epoch, self._resume_at = state["seed"], state["epoch"], state["served"]
+
+
+def shuffle_seed() -> int:
+    """The run's seed (seed_everything), else a fresh one: the training order follows the run's seed."""
+    seed = os.environ.get("PL_GLOBAL_SEED")  # set by Lightning's seed_everything
+    return int(seed) if seed is not None else int(torch.randint(2**62, ()).item())
+
+
 class MNISTDataModule(L.LightningDataModule):
     """MNIST (or any MNIST-format dataset), served as (batch, 28, 28) float32 rows-as-time-steps."""
 
@@ -240,6 +287,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.datasets: dict[str, InMemoryDataset] = {}
         # (path, reason) of each predict_path file that could not be read, for the CLI to report.
         self.skipped: list[tuple[str, str]] = []
+        self.train_order: Optional[EpochShuffle] = None
+        self._resume_order: Optional[dict[str, int]] = None
 
     def prepare_data(self) -> None:
         if not self.hparams.download:
@@ -301,14 +350,36 @@ class MNISTDataModule(L.LightningDataModule):
             return shift_images(images, self.hparams.max_shift, background), labels
         return batch
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
-        # num_workers=0: batches are one tensor index away, worker processes would only add copies.
+    def _loader(self, split: str, batch_size: int, sampler: Optional[Sampler] = None) -> DataLoader:
         return DataLoader(
-            self.datasets[split], batch_size=batch_size, shuffle=shuffle, collate_fn=batch_as_is, num_workers=0
+            self.datasets[split],
+            batch_size=batch_size,
+            sampler=sampler,
+            collate_fn=batch_as_is,
+            # Batches are one tensor index away: worker processes would only add copies.
+            num_workers=0,
+            # Each new iterator draws a seed for its workers; from its own generator, not the global
+            # one, so that a resumed run, which starts its iterator at another moment than the
+            # uninterrupted run did, still draws the same dropout masks.
+            generator=torch.Generator(),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
+        self.train_order = EpochShuffle(len(self.datasets["train"]), seed=shuffle_seed())
+        if self._resume_order is not None:
+            self.train_order.load_state_dict(self._resume_order)
+        return self._loader("train", self.hparams.batch_size, sampler=self.train_order)
+
+    # Lightning saves this in every checkpoint and hands it back on resume, before it asks for the
+    # training loader: the position in the epoch's order, so a mid-epoch resume carries on with
+    # the batches that were left instead of starting the epoch's iteration over.
+    def state_dict(self) -> dict[str, Any]:
+        if self.train_order is None or (self.trainer is not None and self.trainer.world_size > 1):
+            return {}  # under DDP Lightning wraps the sampler in one that draws the whole order at once
+        return {"train_order": self.train_order.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_order = state_dict.get("train_order")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size)

@@ -1,8 +1,10 @@
-"""The one exception type the CLI turns into a one-line message instead of a stack trace."""
+"""The exceptions the CLI turns into a short message instead of a stack trace."""
 
 
 class MnistRnnError(Exception):
     """A problem the user can fix: the message names the culprit and the fix."""
+
+    exit_code = 2
 
 
 class DatasetError(MnistRnnError):
@@ -23,3 +25,23 @@ class SkippedInputsError(PredictInputError):
 
 class PredictOutputError(MnistRnnError):
     """The predictions cannot be written where they were asked for; raised before predicting."""
+
+class CheckpointError(MnistRnnError):
+    """A checkpoint file is missing, damaged, unsafe to load, or does not fit the model or the run."""
+
+
+class OutputError(MnistRnnError):
+    """A run folder or a checkpoint cannot be written."""
+
+
+class TrainingDiverged(MnistRnnError):
+    """The loss or the weights stopped being finite numbers; nothing of that state was saved."""
+
+
+class TrainingStopped(MnistRnnError):
+    """Training stopped on a signal after saving a checkpoint; the CLI adds the command that resumes it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        # The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM.
+        self.exit_code = 128 + signum

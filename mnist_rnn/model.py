@@ -25,6 +25,7 @@ IMAGE_SIDE = 28
 def pixel_permutation(seed: int) -> torch.Tensor:
     """The fixed pixel order of permuted sequential MNIST, drawn reproducibly from seed."""
     return torch.randperm(IMAGE_SIDE * IMAGE_SIDE, generator=torch.Generator().manual_seed(seed))
+FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class LSTMClassifier(L.LightningModule):
@@ -80,10 +81,14 @@ class LSTMClassifier(L.LightningModule):
             raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}")
         if not lr > 0:
             raise ConfigError(f"model.lr must be positive, got {lr}")
+        if not lr <= FLOAT32_MAX:  # the optimizers multiply float32 tensors by it
+            raise ConfigError(f"model.lr must be at most {FLOAT32_MAX:.3g}, got {lr}")
         if weight_decay < 0:
             raise ConfigError(f"model.weight_decay must not be negative, got {weight_decay}")
         if sequence == "permuted" and permutation_seed < 0:
             raise ConfigError(f"model.permutation_seed must not be negative, got {permutation_seed}")
+        if not weight_decay <= FLOAT32_MAX:
+            raise ConfigError(f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}")
         if not 0.0 < warmup_pct < 1.0:
             raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
         self.save_hyperparameters()
@@ -111,8 +116,10 @@ class LSTMClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.test_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
         self.val_acc_best = MaxMetric()
-        # Saved in checkpoints, so a resumed run keeps its best validation accuracy.
+        # Saved in checkpoints, so a resumed run keeps its best validation accuracy, and the
+        # accuracy over the part of an epoch done before a mid-epoch stop.
         self.val_acc_best.persistent(True)
+        self.train_acc.persistent(True)
 
     def _init_recurrent_weights(self, how: str) -> None:
         if how == "default":
@@ -165,6 +172,12 @@ class LSTMClassifier(L.LightningModule):
         loss = F.cross_entropy(logits.float(), labels)
         return loss, logits.argmax(dim=1), labels
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning resets the epoch's accuracy after logging it, but a checkpoint taken at the
+        # epoch's end still holds the sums; a run resumed from it must not count them again.
+        # (Resuming mid-epoch skips this hook and keeps the sums, as it should.)
+        self.train_acc.reset()
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, preds, labels = self.model_step(batch)
         # Accuracy over the epoch's batches (logged in on_train_epoch_end): a single batch's
@@ -207,6 +220,18 @@ class LSTMClassifier(L.LightningModule):
         images, labels = batch
         probs = self(images).float().softmax(dim=1)
         return {"probs": probs, "labels": labels}
+
+    def on_train_start(self) -> None:
+        # A resumed schedule keeps the length it was built for; with another max_epochs or max_steps,
+        # onecycle would fail when it runs out of steps and cosine would silently climb back up.
+        total = int(self.trainer.estimated_stepping_batches)
+        for config in self.trainer.lr_scheduler_configs:
+            built_for = getattr(config.scheduler, "total_steps", None) or getattr(config.scheduler, "T_max", None)
+            if built_for is not None and built_for != total:
+                raise ConfigError(
+                    f"the checkpoint's {self.hparams.scheduler} schedule was built for {built_for} steps but this run"
+                    f" has {total}; resume with the run's own --trainer.max_epochs / --trainer.max_steps"
+                )
 
     def configure_optimizers(self):
         hp = self.hparams

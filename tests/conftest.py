@@ -6,15 +6,18 @@ import contextlib
 import gzip
 import io
 import os
+import shutil
 import struct
 from pathlib import Path
 
 import pytest
 import torch
 
+from mnist_rnn import data as data_mod
 from mnist_rnn.cli import cli_main, config_file, main
 
 TINY = config_file("tiny.yaml")
+REPO = Path(__file__).resolve().parent.parent
 
 
 def run_cli(*args: str, cwd: Path):
@@ -28,6 +31,28 @@ def run_cli(*args: str, cwd: Path):
     finally:
         os.chdir(old)
     return cli, out.getvalue()
+
+
+def subprocess_env() -> dict:
+    """The environment for a CLI subprocess that can import this repository's tests package."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def cli_error(capsys, *args: str) -> str:
+    """Run the CLI's main() in this process, expecting a clean refusal; return its one-line message.
+
+    A clean refusal exits with status 2 and prints exactly one `mnist-rnn: error: ...` line, no traceback.
+    """
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("mnist-rnn")]
+    assert len(lines) == 1 and lines[0].startswith("mnist-rnn: error: "), err
+    return lines[0].removeprefix("mnist-rnn: error: ")
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +88,14 @@ def trained_ckpt(tmp_path_factory) -> Path:
         "--threads", "1", cwd=cwd,  # one thread: two collapse when another process is busy on the cores
     )
     return cwd / cli.trainer.checkpoint_callback.best_model_path
+
+@pytest.fixture
+def embedded_copy(tmp_path, monkeypatch):
+    """A writable copy of the embedded files, used in place of the package's."""
+    copy = tmp_path / "embedded"
+    shutil.copytree(data_mod.EMBEDDED_DIR, copy)
+    monkeypatch.setattr(data_mod, "EMBEDDED_DIR", copy)
+    return copy
 
 
 def write_idx(path: Path, tensor: torch.Tensor) -> None:

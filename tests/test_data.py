@@ -4,7 +4,6 @@ import shutil
 import pytest
 import torch
 
-from mnist_rnn import data as data_mod
 from mnist_rnn.data import MNISTDataModule, load_split, normalize, split_indices
 from mnist_rnn.errors import ConfigError, DatasetError
 from tests.conftest import write_fake_mnist
@@ -63,15 +62,6 @@ def test_datamodule_uses_the_seeded_split(mnist):
     _, val = split_indices(60_000, 5_000, seed=0)
     assert torch.equal(mnist.datasets["val"].labels, labels[val])
     assert torch.equal(mnist.datasets["val"].images, normalize(images[val]))
-
-
-@pytest.fixture
-def embedded_copy(tmp_path, monkeypatch):
-    """A writable copy of the embedded files, used in place of the package's."""
-    copy = tmp_path / "embedded"
-    shutil.copytree(data_mod.EMBEDDED_DIR, copy)
-    monkeypatch.setattr(data_mod, "EMBEDDED_DIR", copy)
-    return copy
 
 
 def test_altered_embedded_file_fails_checksum(embedded_copy):

@@ -1,0 +1,220 @@
+"""Checkpoint files: written atomically, read without running code, checked before use, and found.
+
+Every checkpoint this project reads goes through `read_checkpoint`, which loads with
+`weights_only=True` (tensors and plain containers only, never a pickled object) after checking
+the zip archive's CRCs, so a damaged or booby-trapped file is refused with a message that names
+it instead of a stack trace or, worse, a silently wrong model. The project's own checkpoints
+hold nothing outside torch's weights-only allow-list, so nothing is added to it.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import torch
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.serialization import get_unsafe_globals_in_checkpoint
+
+from mnist_rnn.errors import CheckpointError, OutputError
+
+LAST = "last"
+_FIX = "pass a checkpoint file written by `mnist-rnn fit` (runs/<config>/version_<N>/checkpoints/*.ckpt)"
+
+
+def read_checkpoint(path: _PATH, map_location: Union[str, Callable, None] = "cpu") -> dict[str, Any]:
+    """The content of a Lightning checkpoint file, or a CheckpointError that says what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; {_FIX}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is not a file; {_FIX}")
+    # torch.save writes a zip archive. Checking it first tells a truncated or corrupted file from
+    # something that never was a checkpoint, and the CRCs catch flipped bits that torch.load
+    # itself would read without noticing.
+    with path.open("rb") as file:
+        looks_like_zip = file.read(4) == b"PK\x03\x04"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except Exception:  # zipfile reports damage as BadZipFile, EOFError, UnicodeDecodeError, struct.error, ...
+        if looks_like_zip:
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupted; {_FIX}") from None
+        raise CheckpointError(f"{path} is not a checkpoint (not a torch.save archive); {_FIX}") from None
+    if damaged is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupted (bad checksum in {damaged}); {_FIX}")
+    try:
+        # Lists the classes and functions the pickle would call, without calling any.
+        unsafe = get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # a zip archive, but not one torch.save wrote
+        raise CheckpointError(f"{path} is not a checkpoint (not a torch.save archive); {_FIX}") from None
+    if unsafe:
+        raise CheckpointError(
+            f"checkpoint {path} holds pickled code ({', '.join(unsafe)}) and loading it could run that code,"
+            " so it is refused; use checkpoints written by mnist-rnn"
+        )
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch reports damage as RuntimeError, UnpicklingError, KeyError, ...
+        reason = (str(err).splitlines() or [""])[0]
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {reason}); {_FIX}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict); {_FIX}")
+    return checkpoint
+
+
+def check_resumable(checkpoint: dict[str, Any], path: _PATH, max_epochs: Optional[int]) -> None:
+    """Refuse, before anything runs, a checkpoint that `fit` could not continue from."""
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} holds weights only, so training cannot resume from it;"
+            " use it with test, validate or predict, or pass a full checkpoint"
+        )
+    epoch = checkpoint.get("epoch", 0)
+    if max_epochs is not None and max_epochs >= 0 and epoch > max_epochs:
+        raise CheckpointError(
+            f"checkpoint {path} is at epoch {epoch}, past --trainer.max_epochs {max_epochs};"
+            " resume with the run's own max_epochs"
+        )
+
+
+def check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: _PATH) -> None:
+    """Refuse weights that do not fit the model: other layers, or layers of another size."""
+    expected = model.state_dict()
+    found = checkpoint["state_dict"]
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        what = f"lacks {missing[0]}" if missing else f"has {unexpected[0]}, unknown to this model"
+        raise CheckpointError(
+            f"checkpoint {path} was made for a different model (it {what});"
+            " pass a checkpoint of this LSTM classifier"
+        )
+    for name, tensor in expected.items():
+        if tuple(found[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {path} was made with a different model shape ({name} is"
+                f" {tuple(found[name].shape)} there, {tuple(tensor.shape)} here); pass the checkpoint's own"
+                " model settings, or a checkpoint trained with these"
+            )
+
+
+def newest_in(folder: Path) -> Optional[Path]:
+    """The most recently written checkpoint in a folder, if any."""
+    files = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def version_of(folder: Path) -> Optional[int]:
+    """N for a run folder named version_<N>, else None."""
+    number = folder.name.removeprefix("version_")
+    return int(number) if folder.name.startswith("version_") and number.isdigit() else None
+
+
+def run_versions(runs: Path) -> list[Path]:
+    """The run folders runs/<config>/version_<N>/, newest (highest N) first."""
+    folders = [p for p in runs.glob("version_*") if p.is_dir() and version_of(p) is not None]
+    return sorted(folders, key=version_of, reverse=True)
+
+
+def newest_checkpoint(runs: Path) -> Optional[Path]:
+    """The newest checkpoint of the newest run of a config that has one.
+
+    A run killed before its first checkpoint has nothing to resume and is passed over.
+    """
+    for run in run_versions(runs):
+        found = newest_in(run / "checkpoints")
+        if found is not None:
+            return found
+    return None
+
+
+def resolve(ckpt_path: str, runs: Optional[Path]) -> Path:
+    """`last` means the newest checkpoint of the newest run of this config; anything else is a file path.
+
+    Lightning's own `last` only looks in the new run's (empty) folder, and then silently trains
+    from scratch.
+    """
+    if ckpt_path != LAST:
+        return Path(ckpt_path)
+    if runs is None:
+        raise CheckpointError(
+            "--ckpt_path last needs a logger with save_dir and name to find the runs; pass a checkpoint file instead"
+        )
+    found = newest_checkpoint(runs)
+    if found is None:
+        raise CheckpointError(
+            f"--ckpt_path last: no checkpoint under {runs}/ to resume; start a new run without --ckpt_path,"
+            " or pass the -c config the run was trained with"
+        )
+    return found
+
+
+def run_of(checkpoint: Path, runs: Path) -> Optional[Path]:
+    """The run folder (runs/<config>/version_<N>/) this checkpoint is the newest checkpoint of, if any.
+
+    Only then does resuming continue that run in place: continuing from an older checkpoint
+    would overwrite the newer ones, so that starts a new run folder instead.
+    """
+    folder = checkpoint.resolve().parent
+    run = folder.parent
+    if folder.name != "checkpoints" or run.parent != runs.resolve() or version_of(run) is None:
+        return None
+    newest = newest_in(folder)
+    return run if newest is not None and newest.resolve() == checkpoint.resolve() else None
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Writes checkpoints atomically and reads them only through `read_checkpoint`.
+
+    Lightning's own atomic save stages the file in the system's temporary folder and moves it
+    over, which becomes a copy (not atomic) when that folder is on another file system; here the
+    temporary file sits next to its destination, is synced to disk, then renamed over it, so a
+    kill at any moment leaves either the previous checkpoint or the new one, never a torn file.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+        path = Path(path)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # A kill during an earlier write may have left its staging file behind; a run folder has one writer.
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            with staging.open("wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(staging, path)
+            _fsync_folder(path.parent)  # so the rename itself survives a power cut
+        except OSError as err:
+            staging.unlink(missing_ok=True)
+            raise OutputError(
+                f"cannot write checkpoint {path} ({err.strerror or err}); the previous checkpoint is intact."
+                " Free space or fix the folder's permissions, then resume with --ckpt_path last"
+            ) from None
+        except BaseException:
+            staging.unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
+        # weights_only is ignored on purpose: `--weights_only false` must not open the door to pickled code.
+        return read_checkpoint(path, map_location=map_location)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # some platforms and file systems cannot open a folder; the rename is done all the same
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,120 @@
+"""Callbacks that let a run be stopped and resumed without losing or spoiling work."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from mnist_rnn.checkpoints import newest_in
+from mnist_rnn.errors import TrainingDiverged, TrainingStopped
+
+
+class RandomState(Callback):
+    """Saves the random generators in every checkpoint and restores them on resume.
+
+    Lightning restores weights, optimizer, schedule and loop progress but not the generators, so
+    a resumed run would draw other dropout masks than the uninterrupted one. NumPy's generator is
+    left out: nothing in training draws from it. (The order of the training images does not come
+    from these generators either: see `mnist_rnn.data.EpochShuffle`.)
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        random.setstate(state_dict["python"])
+        cuda = state_dict.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
+
+class StopSafely(Callback):
+    """Stops training without losing finished work or saving a broken state.
+
+    - SIGINT (Ctrl-C) and SIGTERM let the current batch finish, save a checkpoint there and stop
+      with `TrainingStopped`, whose message the CLI completes with the command that resumes. A
+      second signal stops at once; the newest checkpoint on disk is still complete, because
+      checkpoints are written atomically (`SafeCheckpointIO`).
+    - A loss or weights that are no longer finite stop training with `TrainingDiverged` before any
+      checkpoint of that state is written: Lightning runs checkpoint callbacks after all others,
+      so this check comes first at the end of every batch.
+
+    Args:
+        filename: File in the run's checkpoints folder that a stop on a signal writes.
+    """
+
+    def __init__(self, filename: str = "last.ckpt") -> None:
+        super().__init__()
+        self.filename = filename
+        self._signum: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Installed here, not in setup(): Lightning installs its own SIGTERM handler just before
+        # training, and its handler raises at points where no checkpoint is saved.
+        self._signum = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._signum is not None:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self._signum = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._check_finite(trainer, pl_module, outputs)
+        if self._signum is None:
+            return
+        path = _checkpoint_folder(trainer) / self.filename
+        trainer.save_checkpoint(path, weights_only=False)
+        raise TrainingStopped(
+            f"stopped by {signal.Signals(self._signum).name} in epoch {trainer.current_epoch + 1},"
+            f" after step {trainer.global_step}; saved {path}",
+            self._signum,
+        )
+
+    def _check_finite(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss_ok = torch.isfinite(loss.detach()).all() if loss is not None else torch.tensor(True)
+        weights_ok = torch.stack([torch.isfinite(p.detach()).all() for p in pl_module.parameters()]).all()
+        if bool(loss_ok.cpu() & weights_ok.cpu()):  # one device sync per step for both
+            return
+        what = "the weights stopped being finite numbers" if loss_ok else f"the loss became {float(loss):g}"
+        lr = pl_module.hparams.get("lr")
+        setting = f" (model.lr={lr:g})" if lr is not None else ""
+        good = newest_in(_checkpoint_folder(trainer))
+        kept = f"the last good checkpoint, {good}, is kept" if good else "no checkpoint had been written yet"
+        raise TrainingDiverged(
+            f"{what} in step {trainer.global_step} (epoch {trainer.current_epoch + 1}): the learning rate{setting}"
+            f" is most likely too high; training stopped and {kept}. Lower --model.lr and start again"
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        # Restored before Lightning's teardown, which then puts back the handlers from before fit.
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+def _checkpoint_folder(trainer: L.Trainer) -> Path:
+    callback = trainer.checkpoint_callback
+    return Path(callback.dirpath) if callback is not None and callback.dirpath else Path(trainer.default_root_dir)

@@ -1,0 +1,31 @@
+"""Callbacks that let tests interrupt a run where they choose (added with --trainer.callbacks+=...)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import lightning as L
+
+
+class Pace(L.Callback):
+    """Slows every training batch down, so that a kill from outside lands in the middle of an epoch."""
+
+    def __init__(self, seconds: float = 0.02) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        time.sleep(self.seconds)
+
+
+class SendSignal(L.Callback):
+    """Sends a signal to this very process when training reaches a step, as Ctrl-C or `kill` would."""
+
+    def __init__(self, step: int = 5, signum: int = int(signal.SIGTERM)) -> None:
+        self.step = step
+        self.signum = signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)

@@ -1,0 +1,159 @@
+"""Resuming after a kill, and stopping on a signal or on a non-finite loss."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_rnn.checkpoints import read_checkpoint
+from mnist_rnn.cli import main
+from tests.conftest import TINY, run_cli, subprocess_env
+
+LAST = Path("runs/tiny/version_0/checkpoints/last.ckpt")
+
+# Two epochs of 40 steps, dropout between two layers (so that the random generators matter), every
+# step logged, and last.ckpt also written after every 0.2 s of training.
+RESUMABLE = """
+trainer:
+  max_epochs: 2
+  limit_train_batches: 40
+  log_every_n_steps: 1
+  callbacks+:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {filename: last, train_time_interval: "0:00:00.2", enable_version_counter: false}
+model:
+  num_layers: 2
+  dropout: 0.3
+"""
+
+
+def logged_steps(run_dir: Path, tag: str = "train/loss") -> list[int]:
+    """The steps of a scalar as TensorBoard shows them (it hides what a restart purged)."""
+    return [event.step for event in EventAccumulator(str(run_dir)).Reload().Scalars(tag)]
+
+
+def test_sigkill_mid_epoch_then_resume_continues_the_same_run(tmp_path):
+    config = tmp_path / "resumable.yaml"
+    config.write_text(RESUMABLE)
+    work = tmp_path / "work"
+    work.mkdir()
+    fit = [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, "-c", str(config)]
+    paced = fit + ["--trainer.callbacks+=tests.interrupts.Pace"]
+
+    run = subprocess.Popen(paced, cwd=work, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (work / LAST).exists():
+        assert run.poll() is None, "fit ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.01)
+    run.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
+    run.wait()
+    killed_at = read_checkpoint(work / LAST)
+    assert killed_at["epoch"] == 0 and 0 < killed_at["global_step"] < 40, "the kill should land mid-epoch"
+
+    resumed = subprocess.run(paced + ["--ckpt_path", "last"], cwd=work, env=subprocess_env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming runs/tiny/version_0 from {LAST} (epoch 1, after step {killed_at['global_step']})" in resumed.stdout
+
+    # One run, logged once per step from the first to the last: nothing repeated, nothing going back.
+    assert sorted(p.name for p in (work / "runs" / "tiny").iterdir()) == ["version_0"]
+    assert logged_steps(work / "runs" / "tiny" / "version_0") == list(range(80))
+    final = read_checkpoint(work / LAST)
+    assert (final["epoch"], final["global_step"]) == (1, 80)
+
+    # The same run without the kill: identical weights mean the batches, dropout masks, optimizer,
+    # schedule and best-metric state all carried on exactly.
+    (tmp_path / "uninterrupted").mkdir()
+    run_cli("fit", "-c", TINY, "-c", str(config), cwd=tmp_path / "uninterrupted")
+    reference = read_checkpoint(tmp_path / "uninterrupted" / LAST)
+    assert reference["global_step"] == 80
+    for name, tensor in reference["state_dict"].items():
+        assert torch.equal(final["state_dict"][name], tensor), name
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, monkeypatch, capsys, signum):
+    monkeypatch.chdir(tmp_path)
+    handler_before = signal.getsignal(signum)
+    sender = json.dumps({"class_path": "tests.interrupts.SendSignal", "init_args": {"step": 5, "signum": int(signum)}})
+    args = ["fit", "-c", TINY, f"--trainer.callbacks+={sender}"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 128 + signum
+    resume = f"mnist-rnn {shlex.join(args)} --ckpt_path last"
+    err = capsys.readouterr().err
+    assert f"mnist-rnn: stopped by {signum.name} in epoch 1, after step 6; saved {LAST}\nresume with: {resume}\n" in err
+    assert "Traceback" not in err
+    assert read_checkpoint(LAST)["global_step"] == 6  # the batch under way when the signal came was finished
+    assert signal.getsignal(signum) == handler_before
+
+    main(shlex.split(resume)[1:])
+    assert read_checkpoint(LAST)["global_step"] == 40
+    assert sorted(os.listdir("runs/tiny")) == ["version_0"]
+
+
+def test_resuming_from_an_older_checkpoint_leaves_the_newer_ones_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    sender = json.dumps({"class_path": "tests.interrupts.SendSignal", "init_args": {"step": 5}})
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", TINY, f"--trainer.callbacks+={sender}"])
+    older = LAST.with_name("step6.ckpt")
+    older.write_bytes(LAST.read_bytes())
+    os.utime(older, (1, 1))  # written long before last.ckpt
+    main(["fit", "-c", TINY, "--ckpt_path", "last"])
+    finished = LAST.read_bytes()
+
+    main(["fit", "-c", TINY, "--ckpt_path", str(older)])
+    assert f"resuming in a new run folder from {older} (epoch 1, after step 6)" in capsys.readouterr().out
+    assert LAST.read_bytes() == finished
+    assert read_checkpoint(Path("runs/tiny/version_1/checkpoints/last.ckpt"))["global_step"] == 40
+
+
+def test_changing_the_run_length_on_resume_is_refused(tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "-c", TINY, "--ckpt_path", str(tiny_run["cwd"] / "runs/tiny/version_0/checkpoints/last.ckpt"),
+              "--trainer.max_epochs", "3"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "mnist-rnn: error: the checkpoint's onecycle schedule was built for 40 steps but this run has 60;"
+        " resume with the run's own --trainer.max_epochs / --trainer.max_steps"
+    )
+
+
+EVERY_STEP = """
+trainer:
+  callbacks+:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {filename: last, train_time_interval: "0:00:00", enable_version_counter: false}
+"""
+
+
+def test_non_finite_training_stops_naming_step_and_cause_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("every_step.yaml").write_text(EVERY_STEP)
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "-c", TINY, "-c", "every_step.yaml", "--model.lr", "1e30"])
+    assert stop.value.code == 2
+    message = capsys.readouterr().err.splitlines()[-1]
+    match = re.fullmatch(
+        r"mnist-rnn: error: the (loss became nan|weights stopped being finite numbers) in step (\d+) \(epoch 1\):"
+        r" the learning rate \(model\.lr=1e\+30\) is most likely too high; training stopped and the last good"
+        r" checkpoint, (\S+), is kept\. Lower --model\.lr and start again",
+        message,
+    )
+    assert match, message
+    kept = read_checkpoint(match[3])
+    assert Path(match[3]) == LAST
+    assert kept["global_step"] == int(match[2]) - 1  # the step before, saved when it was still sound
+    weights = [t for name, t in kept["state_dict"].items() if name.startswith(("rnn.", "head."))]
+    assert all(torch.isfinite(t).all() for t in weights)
