@@ -15,7 +15,6 @@ import gzip
 import json
 import os
 import platform
-import resource
 import re
 import statistics
 import subprocess
@@ -209,13 +208,15 @@ def predict_files_throughput(ckpt: Path, workdir: Path, count: int) -> float:
 def full_default_fit(config: str, workdir: Path, flags: Optional[list[str]] = None) -> dict:
     """A whole `mnist-rnn fit` in a child process: wall time, peak memory, then its test accuracy."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # The child reports its own peak: RUSAGE_CHILDREN would also count this process's pages,
-    # which a forked child holds until it execs.
+    # The child reports its own peak resident memory, VmHWM, which starts afresh at exec.
+    # (ru_maxrss would not: it keeps the peak of the forked copy of this bigger process.)
     fit_and_report = (
-        "import resource, sys\n"
+        "import re, sys\n"
         "from mnist_rnn.cli import main\n"
         "try:\n    main()\n"
-        "finally:\n    print('peak_rss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "finally:\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    print('peak_rss_kb', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
     )
     command = [sys.executable, "-c", fit_and_report, "fit", "-c", config_file(config), *(flags or [])]
     start = time.perf_counter()
