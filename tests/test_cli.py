@@ -167,3 +167,17 @@ def test_every_config_has_the_dashboards(config):
         cli_main(["fit", "-c", config_file(config), "--print_config"])
     assert "class_path: mnist_rnn.callbacks.TensorBoardDashboards" in out.getvalue()
     assert "default_hp_metric: false" in out.getvalue()
+
+
+@pytest.mark.slow
+def test_default_config_reaches_99_percent_on_the_official_test_set(tmp_path):
+    """The product's promise: plain `mnist-rnn fit`, then `mnist-rnn test` on its best checkpoint."""
+    fit = subprocess.run([sys.executable, "-m", "mnist_rnn.cli", "fit"], capture_output=True, text=True, cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    best = next(line.split(": ", 1)[1] for line in fit.stdout.splitlines() if line.startswith("best checkpoint: "))
+    test = subprocess.run(
+        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert test.returncode == 0, test.stderr[-2000:]
+    accuracy = float(next(line.split()[-1] for line in test.stdout.splitlines() if "test/acc" in line))
+    assert accuracy >= 0.990
