@@ -173,9 +173,10 @@ class LSTMClassifier(L.LightningModule):
         return loss, logits.argmax(dim=1), labels
 
     def on_train_epoch_start(self) -> None:
-        # Lightning resets the epoch's accuracy after logging it, but a checkpoint taken at the
-        # epoch's end still holds the sums; a run resumed from it must not count them again.
-        # (Resuming mid-epoch skips this hook and keeps the sums, as it should.)
+        # The one place the epoch's accuracy starts afresh. A checkpoint taken at an epoch's end
+        # still holds that epoch's sums (the checkpoint callbacks run before on_train_epoch_end
+        # below), so a run resumed from it must not count them again. Resuming mid-epoch skips
+        # this hook and keeps the sums, as it should.
         self.train_acc.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -194,7 +195,6 @@ class LSTMClassifier(L.LightningModule):
         # compute() already gathers all ranks; sync_dist only averages equal values (and tells
         # Lightning so).
         self.log("train/acc", self.train_acc.compute(), prog_bar=True, sync_dist=True)
-        self.train_acc.reset()
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, labels = self.model_step(batch)
