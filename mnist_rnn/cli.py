@@ -254,6 +254,17 @@ def _quiet_noise() -> None:
 
 def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
     _quiet_noise()
+    try:
+        return _build_and_run(args)
+    finally:
+        # Lightning leaves a DDP process group open when the run ends; left to interpreter
+        # shutdown, gloo's threads can abort the process ("terminate called without an active
+        # exception") after the work is done. Every rank closes it here, together.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _build_and_run(args: Optional[list[str]]) -> MnistRnnCLI:
     return MnistRnnCLI(
         LSTMClassifier,
         MNISTDataModule,
