@@ -1,4 +1,4 @@
-"""Checkpoint files: written atomically, read without running code, checked before use, and found.
+"""Checkpoint files: written atomically, read without running code, and checked before use.
 
 Every checkpoint this project reads goes through `read_checkpoint`, which loads with
 `weights_only=True` (tensors and plain containers only, never a pickled object) after checking
@@ -9,6 +9,7 @@ hold nothing outside torch's weights-only allow-list, so nothing is added to it.
 
 from __future__ import annotations
 
+import inspect
 import os
 import zipfile
 from pathlib import Path
@@ -20,8 +21,8 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from mnist_rnn.errors import CheckpointError, OutputError
+from mnist_rnn.model import upgrade_state_dict
 
-LAST = "last"
 _FIX = "pass a checkpoint file written by `mnist-rnn fit` (runs/<config>/version_<N>/checkpoints/*.ckpt)"
 
 
@@ -66,25 +67,23 @@ def read_checkpoint(path: _PATH, map_location: Union[str, Callable, None] = "cpu
     return checkpoint
 
 
-def check_resumable(checkpoint: dict[str, Any], path: _PATH, max_epochs: Optional[int]) -> None:
-    """Refuse, before anything runs, a checkpoint that `fit` could not continue from."""
-    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+def model_settings(checkpoint: dict[str, Any], path: _PATH, model_class: type) -> dict[str, Any]:
+    """The model settings a checkpoint was trained with; refused when model_class has no such settings."""
+    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    known = inspect.signature(model_class.__init__).parameters
+    unknown = sorted(set(hparams) - set(known))
+    if unknown:
         raise CheckpointError(
-            f"checkpoint {path} holds weights only, so training cannot resume from it;"
-            " use it with test, validate or predict, or pass a full checkpoint"
+            f"checkpoint {path} was made for a different model (settings {', '.join(unknown)} are unknown"
+            " here); pass a checkpoint of this LSTM classifier"
         )
-    epoch = checkpoint.get("epoch", 0)
-    if max_epochs is not None and max_epochs >= 0 and epoch > max_epochs:
-        raise CheckpointError(
-            f"checkpoint {path} is at epoch {epoch}, past --trainer.max_epochs {max_epochs};"
-            " resume with the run's own max_epochs"
-        )
+    return hparams
 
 
 def check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: _PATH) -> None:
     """Refuse weights that do not fit the model: other layers, or layers of another size."""
     expected = model.state_dict()
-    found = checkpoint["state_dict"]
+    found = upgrade_state_dict(checkpoint["state_dict"])
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
@@ -100,71 +99,6 @@ def check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: _PATH) 
                 f" {tuple(found[name].shape)} there, {tuple(tensor.shape)} here); pass the checkpoint's own"
                 " model settings, or a checkpoint trained with these"
             )
-
-
-def newest_in(folder: Path) -> Optional[Path]:
-    """The most recently written checkpoint in a folder, if any."""
-    files = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
-    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
-
-
-def version_of(folder: Path) -> Optional[int]:
-    """N for a run folder named version_<N>, else None."""
-    number = folder.name.removeprefix("version_")
-    return int(number) if folder.name.startswith("version_") and number.isdigit() else None
-
-
-def run_versions(runs: Path) -> list[Path]:
-    """The run folders runs/<config>/version_<N>/, newest (highest N) first."""
-    folders = [p for p in runs.glob("version_*") if p.is_dir() and version_of(p) is not None]
-    return sorted(folders, key=version_of, reverse=True)
-
-
-def newest_checkpoint(runs: Path) -> Optional[Path]:
-    """The newest checkpoint of the newest run of a config that has one.
-
-    A run killed before its first checkpoint has nothing to resume and is passed over.
-    """
-    for run in run_versions(runs):
-        found = newest_in(run / "checkpoints")
-        if found is not None:
-            return found
-    return None
-
-
-def resolve(ckpt_path: str, runs: Optional[Path]) -> Path:
-    """`last` means the newest checkpoint of the newest run of this config; anything else is a file path.
-
-    Lightning's own `last` only looks in the new run's (empty) folder, and then silently trains
-    from scratch.
-    """
-    if ckpt_path != LAST:
-        return Path(ckpt_path)
-    if runs is None:
-        raise CheckpointError(
-            "--ckpt_path last needs a logger with save_dir and name to find the runs; pass a checkpoint file instead"
-        )
-    found = newest_checkpoint(runs)
-    if found is None:
-        raise CheckpointError(
-            f"--ckpt_path last: no checkpoint under {runs}/ to resume; start a new run without --ckpt_path,"
-            " or pass the -c config the run was trained with"
-        )
-    return found
-
-
-def run_of(checkpoint: Path, runs: Path) -> Optional[Path]:
-    """The run folder (runs/<config>/version_<N>/) this checkpoint is the newest checkpoint of, if any.
-
-    Only then does resuming continue that run in place: continuing from an older checkpoint
-    would overwrite the newer ones, so that starts a new run folder instead.
-    """
-    folder = checkpoint.resolve().parent
-    run = folder.parent
-    if folder.name != "checkpoints" or run.parent != runs.resolve() or version_of(run) is None:
-        return None
-    newest = newest_in(folder)
-    return run if newest is not None and newest.resolve() == checkpoint.resolve() else None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -1,27 +1,32 @@
-"""Where MNIST comes from, and how its batches reach the model.
+"""How MNIST's images reach the model: normalized, split, and served in batches.
 
 The whole dataset lives in memory as one normalized float32 tensor (60,000 x 28 x 28 is about
 190 MB): a batch is a single index into it, with no per-sample Python, PIL or collate work.
 That is what lets training run about twice as fast as torchvision's per-sample pipeline.
+Reading the files themselves is `mnist_rnn.mnist_files`' job.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
 import os
-import tempfile
-import zlib
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.datasets.mnist import read_image_file, read_label_file
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mnist_rnn.errors import ConfigError, DatasetError
 from mnist_rnn.images import read_digits
+from mnist_rnn.mnist_files import load_split
+
+# The dataset is in memory: worker processes would only copy it, so Lightning's advice to add
+# some does not apply.
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+# Lightning warns that a mid-epoch resume cannot continue where the epoch stood unless the loader
+# saves its own position; here the datamodule saves it (see ResumableLoader).
+warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable.*")
 
 # The mean and standard deviation of MNIST's training pixels (scaled to [0, 1]).
 MNIST_MEAN = 0.1307
@@ -29,111 +34,6 @@ MNIST_STD = 0.3081
 
 # The label of an image that has none (the user's own digits): predict writes no label column then.
 NO_LABEL = -1
-
-# The four IDX files of an MNIST-format dataset (Fashion-MNIST and KMNIST use the same names).
-IDX_FILES = {
-    ("train", "images"): "train-images-idx3-ubyte",
-    ("train", "labels"): "train-labels-idx1-ubyte",
-    ("test", "images"): "t10k-images-idx3-ubyte",
-    ("test", "labels"): "t10k-labels-idx1-ubyte",
-}
-
-EMBEDDED_DIR = Path(__file__).parent / "assets" / "mnist"
-
-
-def embedded_checksums() -> dict[str, str]:
-    """MD5 of the uncompressed content of each embedded file, from the vendored MD5SUMS."""
-    sums = {}
-    for line in (EMBEDDED_DIR / "MD5SUMS").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            digest, name = line.split()
-            sums[name] = digest
-    return sums
-
-
-def _read_idx(path: Path, kind: str, expected_md5: Optional[str] = None) -> torch.Tensor:
-    """Read one IDX file, raw or gzip-compressed, with torchvision's reader.
-
-    Every failure becomes a DatasetError that names the file: a wrong dataset must never be
-    used silently.
-    """
-    try:
-        raw = path.read_bytes()
-        if path.suffix == ".gz":
-            raw = gzip.decompress(raw)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file is missing") from None
-    except (OSError, EOFError, zlib.error) as err:
-        raise DatasetError(
-            f"{path}: cannot be decompressed ({err}); the file is truncated or corrupted, replace it"
-        ) from None
-    if expected_md5 is not None:
-        actual = hashlib.md5(raw).hexdigest()
-        if actual != expected_md5:
-            raise DatasetError(
-                f"{path}: content MD5 is {actual}, expected {expected_md5}; the file is altered or"
-                " truncated, reinstall mnist-rnn to restore it"
-            )
-    reader = read_image_file if kind == "images" else read_label_file
-    # torchvision's reader takes a path to an uncompressed file.
-    with tempfile.TemporaryDirectory(prefix="mnist-rnn-") as tmp:
-        plain = Path(tmp) / path.name.removesuffix(".gz")
-        plain.write_bytes(raw)
-        try:
-            tensor = reader(str(plain))
-        except Exception as err:  # torchvision signals bad files with asserts and assorted errors
-            raise DatasetError(
-                f"{path}: not a valid MNIST-format IDX {kind} file ({type(err).__name__}: {err})"
-            ) from None
-    if kind == "images" and tuple(tensor.shape[1:]) != (28, 28):
-        raise DatasetError(f"{path}: images are {tuple(tensor.shape[1:])}, expected 28x28")
-    if kind == "labels" and tensor.numel() and not 0 <= int(tensor.min()) <= int(tensor.max()) <= 9:
-        raise DatasetError(f"{path}: labels must lie in 0..9, found {int(tensor.min())}..{int(tensor.max())}")
-    return tensor
-
-
-def find_idx_files(data_dir: Path) -> dict[tuple[str, str], Path]:
-    """Locate the four IDX files in data_dir: flat, in raw/, or in torchvision's <NAME>/raw/ layout."""
-    if not data_dir.is_dir():
-        raise DatasetError(
-            f"--data.data_dir {data_dir} does not exist; point it at a folder of MNIST-format IDX files,"
-            " add --data.download true to fetch MNIST there, or omit it to use the embedded MNIST"
-        )
-    folders = [data_dir, data_dir / "raw", *sorted(data_dir.glob("*/raw"))]
-    found, missing = {}, []
-    for key, name in IDX_FILES.items():
-        hit = next(
-            (folder / f for folder in folders for f in (name, name + ".gz") if (folder / f).is_file()),
-            None,
-        )
-        if hit is None:
-            missing.append(name)
-        else:
-            found[key] = hit
-    if missing:
-        what = "holds no MNIST-format IDX files" if not found else "lacks " + ", ".join(missing)
-        raise DatasetError(
-            f"--data.data_dir {data_dir} {what}; expected {', '.join(IDX_FILES.values())}"
-            " (each raw or .gz) in it, in raw/ or in <NAME>/raw/; add --data.download true to fetch MNIST"
-        )
-    return found
-
-
-def load_split(split: str, data_dir: Optional[Path] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' or 'test' split."""
-    if data_dir is None:
-        sums = embedded_checksums()
-        paths = {k: EMBEDDED_DIR / (name + ".gz") for k, name in IDX_FILES.items()}
-    else:
-        sums = {}
-        paths = find_idx_files(data_dir)
-    images_path, labels_path = paths[(split, "images")], paths[(split, "labels")]
-    images = _read_idx(images_path, "images", sums.get(IDX_FILES[(split, "images")]))
-    labels = _read_idx(labels_path, "labels", sums.get(IDX_FILES[(split, "labels")]))
-    if len(images) != len(labels):
-        raise DatasetError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
-    return images, labels
-
 
 def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
     """uint8 pixels in [0, 255] -> float32, standardized as during training."""
@@ -148,7 +48,7 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return order[val_size:], order[:val_size]
 
 
-class InMemoryDataset(Dataset):
+class InMemoryDataset(TensorDataset):
     """Images and labels held as tensors; a whole batch is fetched with one index operation.
 
     DataLoader calls `__getitems__` with the batch's indices when a dataset has it (torch>=2.0),
@@ -157,15 +57,16 @@ class InMemoryDataset(Dataset):
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, names: Optional[list[str]] = None) -> None:
-        self.images = images
-        self.labels = labels
+        super().__init__(images, labels)
         self.names = names
 
-    def __len__(self) -> int:
-        return len(self.labels)
+    @property
+    def images(self) -> torch.Tensor:
+        return self.tensors[0]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.tensors[1]
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.images.device)
@@ -190,44 +91,77 @@ def batch_as_is(batch):
 
 
 class EpochShuffle(Sampler[int]):
-    """A new order of the training images every epoch, drawn from (seed, epoch) alone, that can resume mid-epoch.
+    """A new order of the training images every epoch, drawn from (seed, epoch) alone.
 
     The order of epoch e does not depend on what this process did before, so a run resumed from a
-    checkpoint sees exactly the batches the uninterrupted run would have seen: Lightning calls
-    `set_epoch` at every epoch start, and the position within the epoch travels in the checkpoint
-    with the datamodule's state.
+    checkpoint sees exactly the batches the uninterrupted run would have seen. Lightning calls
+    `set_epoch` at every epoch start (through its DistributedSampler wrapper too, under DDP).
     """
 
     def __init__(self, size: int, seed: int) -> None:
         self.size = size
         self.seed = seed
         self.epoch = 0
-        self.served = 0  # indices handed out so far in this epoch
-        self._resume_at = 0
 
     def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self._resume_at = 0  # a saved position belongs to the epoch it was saved in
         self.epoch = epoch
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self):
+        # A generator: the order is drawn at the first index, after Lightning has set the epoch.
         # hash() of a tuple of ints is the same in every process (only str and bytes hashes are salted).
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)))
-        order = torch.randperm(self.size, generator=generator)
-        start, self._resume_at = self._resume_at, 0
-        self.served = start
-        for index in order[start:].tolist():
-            self.served += 1
-            yield index
+        yield from torch.randperm(self.size, generator=generator).tolist()
 
-    def state_dict(self) -> dict[str, int]:
-        return {"seed": self.seed, "epoch": self.epoch, "served": self.served}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.seed, self.epoch, self._resume_at = state["seed"], state["epoch"], state["served"]
+class ResumePoint:
+    """How far the training loader got in its epoch; saved in every checkpoint by the datamodule."""
+
+    def __init__(self) -> None:
+        self.epoch: Optional[int] = None
+        self.served = 0  # batches handed out so far in this epoch
+        self.pending: Optional[dict[str, Any]] = None  # a checkpoint's position, not yet applied
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "served": self.served}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = dict(state)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that, resumed mid-epoch, skips the batches the interrupted epoch had served.
+
+    Why not Lightning's own mechanism (a loader with state_dict, such as torchdata's
+    StatefulDataLoader)? In lightning 2.6.6 a schedule that asks `trainer.estimated_stepping_batches`
+    (onecycle, cosine) makes the fit loop set up its loader before the checkpoint's loop state is
+    restored, and the saved position is then never applied: the resumed epoch starts over.
+    The datamodule's state, which Lightning restores first, has no such problem.
+
+    Counted in batches of this process's own sampler, so under DDP, where Lightning rebuilds the
+    loader with a DistributedSampler and the same `resume` object, every rank skips its own share.
+    """
+
+    def __init__(self, *args: Any, resume: Optional[ResumePoint] = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume = resume if resume is not None else ResumePoint()
+
+    def __iter__(self):
+        return self._batches()
+
+    def _batches(self):
+        # Everything happens at the first batch, after Lightning has set the sampler's epoch.
+        resume = self.resume
+        epoch = getattr(self.sampler, "epoch", None)
+        pending, resume.pending = resume.pending, None
+        skip = pending["served"] if pending is not None and pending.get("epoch") == epoch else 0
+        resume.epoch, resume.served = epoch, 0
+        for index, batch in enumerate(super().__iter__()):
+            resume.served = index + 1
+            if index >= skip:
+                yield batch
 
 
 def shuffle_seed() -> int:
@@ -287,8 +221,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.datasets: dict[str, InMemoryDataset] = {}
         # (path, reason) of each predict_path file that could not be read, for the CLI to report.
         self.skipped: list[tuple[str, str]] = []
-        self.train_order: Optional[EpochShuffle] = None
-        self._resume_order: Optional[dict[str, int]] = None
+        self.resume = ResumePoint()
 
     def prepare_data(self) -> None:
         if not self.hparams.download:
@@ -350,11 +283,10 @@ class MNISTDataModule(L.LightningDataModule):
             return shift_images(images, self.hparams.max_shift, background), labels
         return batch
 
-    def _loader(self, split: str, batch_size: int, sampler: Optional[Sampler] = None) -> DataLoader:
-        return DataLoader(
+    def _loader(self, split: str, batch_size: int, loader_class: type = DataLoader, **kwargs: Any) -> DataLoader:
+        return loader_class(
             self.datasets[split],
             batch_size=batch_size,
-            sampler=sampler,
             collate_fn=batch_as_is,
             # Batches are one tensor index away: worker processes would only add copies.
             num_workers=0,
@@ -362,24 +294,24 @@ class MNISTDataModule(L.LightningDataModule):
             # one, so that a resumed run, which starts its iterator at another moment than the
             # uninterrupted run did, still draws the same dropout masks.
             generator=torch.Generator(),
+            **kwargs,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        self.train_order = EpochShuffle(len(self.datasets["train"]), seed=shuffle_seed())
-        if self._resume_order is not None:
-            self.train_order.load_state_dict(self._resume_order)
-        return self._loader("train", self.hparams.batch_size, sampler=self.train_order)
+    def train_dataloader(self) -> ResumableLoader:
+        order = EpochShuffle(len(self.datasets["train"]), seed=shuffle_seed())
+        return self._loader(
+            "train", self.hparams.batch_size, loader_class=ResumableLoader, sampler=order, resume=self.resume
+        )
 
-    # Lightning saves this in every checkpoint and hands it back on resume, before it asks for the
-    # training loader: the position in the epoch's order, so a mid-epoch resume carries on with
-    # the batches that were left instead of starting the epoch's iteration over.
+    # Lightning saves this in every checkpoint and hands it back on resume, before the training
+    # loader is iterated: the position in the epoch, so a mid-epoch resume carries on with the
+    # batches that were left instead of starting the epoch over.
     def state_dict(self) -> dict[str, Any]:
-        if self.train_order is None or (self.trainer is not None and self.trainer.world_size > 1):
-            return {}  # under DDP Lightning wraps the sampler in one that draws the whole order at once
-        return {"train_order": self.train_order.state_dict()}
+        return {"train_position": self.resume.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._resume_order = state_dict.get("train_order")
+        if "train_position" in state_dict:
+            self.resume.load_state_dict(state_dict["train_position"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size)

@@ -1,35 +1,39 @@
-"""The classifier: an LSTM (or GRU) reads an image as a sequence, a linear head reads its final state.
+"""The training logic: steps, metrics, optimizers and schedules around `mnist_rnn.network.RecurrentNet`.
 
-The model owns the image-to-sequence step (rows, pixels or permuted pixels), so a checkpoint
-alone says how to read an image: test, predict on files and resume all use the same sequence
-and the same permutation, which is kept in the checkpoint.
+The network (the recurrent stack, the head, weight init, image-to-sequence) lives in
+network.py; this LightningModule adds what training needs. Its settings are saved with every
+checkpoint (`save_hyperparameters`), so a checkpoint alone rebuilds the same network, reads
+images the same way and keeps the same permutation.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_rnn.errors import ConfigError
+from mnist_rnn.resume import check_schedule_length
+from mnist_rnn.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
 
-NUM_CLASSES = 10
-IMAGE_SIDE = 28
-
-
-def pixel_permutation(seed: int) -> torch.Tensor:
-    """The fixed pixel order of permuted sequential MNIST, drawn reproducibly from seed."""
-    return torch.randperm(IMAGE_SIDE * IMAGE_SIDE, generator=torch.Generator().manual_seed(seed))
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
+# Checkpoints written before the network moved into its own module (mnist-rnn 0.1.0 as of
+# 2026-11-30) name the weights rnn.*, head.* and permutation; they now live under net.
+_LEGACY_PREFIXES = ("rnn.", "head.", "permutation")
 
-class LSTMClassifier(L.LightningModule):
-    """`nn.LSTM` (or `nn.GRU`) over an image read as a sequence, then `nn.Linear` on the final state."""
+
+def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state_dict with the weights under net.*, whether it was written before or after the move."""
+    return {(f"net.{key}" if key.startswith(_LEGACY_PREFIXES) else key): value for key, value in state_dict.items()}
+
+
+class RecurrentClassifier(L.LightningModule):
+    """Trains `RecurrentNet` (an LSTM or GRU reading an image as a sequence) to classify digits."""
 
     def __init__(
         self,
@@ -91,24 +95,25 @@ class LSTMClassifier(L.LightningModule):
             raise ConfigError(f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}")
         if not 0.0 < warmup_pct < 1.0:
             raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if scheduler != "none" and scheduler not in SCHEDULERS:
+            raise ConfigError(f"model.scheduler must be none, {' or '.join(SCHEDULERS)}, got {scheduler!r}")
         self.save_hyperparameters()
 
-        rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
-        self.rnn = rnn_class(
-            input_size=IMAGE_SIDE if sequence == "rows" else 1,
+        self.net = RecurrentNet(
             hidden_size=hidden_size,
             num_layers=num_layers,
-            dropout=dropout if num_layers > 1 else 0.0,
+            dropout=dropout,
             bidirectional=bidirectional,
-            batch_first=True,
+            cell=cell,
+            sequence=sequence,
+            permutation_seed=permutation_seed,
+            forget_bias=forget_bias,
+            recurrent_init=recurrent_init,
         )
-        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), NUM_CLASSES)
-        self._init_recurrent_weights(recurrent_init)
-        if cell == "lstm":
-            self._init_forget_bias(forget_bias)
-        if sequence == "permuted":
-            # A buffer: saved in the checkpoint with the weights it was trained with.
-            self.register_buffer("permutation", pixel_permutation(permutation_seed))
+        # Checkpoints of the earlier layout load too, through every path (Trainer, load_from_checkpoint).
+        self.register_load_state_dict_pre_hook(_upgrade_legacy_keys)
 
         # One metric object per stage, so their states never mix. validate_args=False on the
         # training metric: its input checks cost more than the update itself at small batches.
@@ -121,49 +126,9 @@ class LSTMClassifier(L.LightningModule):
         self.val_acc_best.persistent(True)
         self.train_acc.persistent(True)
 
-    def _init_recurrent_weights(self, how: str) -> None:
-        if how == "default":
-            return
-        hidden = self.hparams.hidden_size
-        for name, weight in self.rnn.named_parameters():
-            if name.startswith("weight_hh"):
-                # One (hidden x hidden) block per gate, each initialised on its own.
-                for block in weight.data.split(hidden, dim=0):
-                    if how == "orthogonal":
-                        nn.init.orthogonal_(block)
-                    else:
-                        block.copy_(torch.eye(hidden))
-
-    def _init_forget_bias(self, value: float) -> None:
-        # PyTorch packs the gates as (input, forget, cell, output) and adds two bias vectors,
-        # so the forget gate's effective bias is the sum of both slices.
-        hidden = self.hparams.hidden_size
-        for name, bias in self.rnn.named_parameters():
-            if name.startswith("bias"):
-                with torch.no_grad():
-                    bias[hidden : 2 * hidden].fill_(value / 2)
-
-    def to_sequence(self, images: torch.Tensor) -> torch.Tensor:
-        """(batch, 28, 28) images -> (batch, steps, features) sequences as configured."""
-        if self.hparams.sequence == "rows":
-            return images
-        pixels = images.reshape(len(images), IMAGE_SIDE * IMAGE_SIDE, 1)
-        if self.hparams.sequence == "permuted":
-            pixels = pixels[:, self.permutation]
-        return pixels
-
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (batch, 10) for normalized images (batch, 28, 28)."""
-        _, h_n = self.rnn(self.to_sequence(images))
-        if isinstance(h_n, tuple):  # an LSTM returns (h_n, c_n)
-            h_n = h_n[0]
-        # h_n is (layers * directions, batch, hidden). The last layer's forward state is at the
-        # final row; its backward state finished at row 0, which output[:, -1] would miss.
-        if self.hparams.bidirectional:
-            features = torch.cat([h_n[-2], h_n[-1]], dim=1)
-        else:
-            features = h_n[-1]
-        return self.head(features)
+        return self.net(images)
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
         """The work shared by training, validation and test: logits, loss and predictions."""
@@ -222,16 +187,7 @@ class LSTMClassifier(L.LightningModule):
         return {"probs": probs, "labels": labels}
 
     def on_train_start(self) -> None:
-        # A resumed schedule keeps the length it was built for; with another max_epochs or max_steps,
-        # onecycle would fail when it runs out of steps and cosine would silently climb back up.
-        total = int(self.trainer.estimated_stepping_batches)
-        for config in self.trainer.lr_scheduler_configs:
-            built_for = getattr(config.scheduler, "total_steps", None) or getattr(config.scheduler, "T_max", None)
-            if built_for is not None and built_for != total:
-                raise ConfigError(
-                    f"the checkpoint's {self.hparams.scheduler} schedule was built for {built_for} steps but this run"
-                    f" has {total}; resume with the run's own --trainer.max_epochs / --trainer.max_steps"
-                )
+        check_schedule_length(self.trainer, self.hparams.scheduler)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -239,28 +195,42 @@ class LSTMClassifier(L.LightningModule):
         # which matters when a step takes a millisecond (batch 10). Lightning's mixed-precision
         # plugin refuses gradient clipping with fused optimizers, so clipped runs use foreach.
         clipping = bool(self._trainer is not None and self.trainer.gradient_clip_val)
-        fast = {"foreach": True} if clipping else {"fused": True}
-        if hp.optimizer == "adam":
-            optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, **fast)
-        elif hp.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, **fast)
-        elif hp.optimizer == "rmsprop":
-            optimizer = torch.optim.RMSprop(self.parameters(), lr=hp.lr, alpha=0.9, weight_decay=hp.weight_decay)
-        elif hp.optimizer == "sgd":
-            optimizer = torch.optim.SGD(
-                self.parameters(), lr=hp.lr, momentum=0.9, nesterov=True, weight_decay=hp.weight_decay
-            )
-        else:
-            raise ConfigError(f"model.optimizer must be adam, adamw, sgd or rmsprop, got {hp.optimizer!r}")
+        optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, clipping)
         if hp.scheduler == "none":
             return optimizer
         total_steps = int(self.trainer.estimated_stepping_batches)
-        if hp.scheduler == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=hp.lr, total_steps=total_steps, pct_start=hp.warmup_pct
-            )
-        elif hp.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-        else:
-            raise ConfigError(f"model.scheduler must be none, onecycle or cosine, got {hp.scheduler!r}")
+        scheduler = SCHEDULERS[hp.scheduler](optimizer, hp.lr, total_steps, hp.warmup_pct)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _fast(clipping: bool) -> dict[str, bool]:
+    return {"foreach": True} if clipping else {"fused": True}
+
+
+# The optimizers model.optimizer names: (parameters, lr, weight_decay, clipping) -> optimizer.
+OPTIMIZERS = {
+    "adam": lambda params, lr, wd, clip: torch.optim.Adam(params, lr=lr, weight_decay=wd, **_fast(clip)),
+    "adamw": lambda params, lr, wd, clip: torch.optim.AdamW(params, lr=lr, weight_decay=wd, **_fast(clip)),
+    # Smoothing 0.9, as in the sequential-MNIST papers.
+    "rmsprop": lambda params, lr, wd, clip: torch.optim.RMSprop(params, lr=lr, alpha=0.9, weight_decay=wd),
+    "sgd": lambda params, lr, wd, clip: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
+}
+
+# The schedules model.scheduler names, stepped every batch: (optimizer, peak lr, total steps, warm-up share).
+SCHEDULERS = {
+    "onecycle": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=lr, total_steps=total, pct_start=warmup
+    ),
+    "cosine": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total),
+}
+
+
+def _upgrade_legacy_keys(module, state_dict, prefix, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        upgraded = prefix + upgrade_state_dict({key[len(prefix) :]: None}).popitem()[0]
+        if upgraded != key:
+            state_dict[upgraded] = state_dict.pop(key)
+
+
+# The name this class had before GRUs joined it: configs, code and checkpoints that use it keep working.
+LSTMClassifier = RecurrentClassifier

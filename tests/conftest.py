@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_rnn import data as data_mod
+from mnist_rnn import mnist_files
 from mnist_rnn.cli import cli_main, config_file, main
 
 TINY = config_file("tiny.yaml")
@@ -93,8 +93,8 @@ def trained_ckpt(tmp_path_factory) -> Path:
 def embedded_copy(tmp_path, monkeypatch):
     """A writable copy of the embedded files, used in place of the package's."""
     copy = tmp_path / "embedded"
-    shutil.copytree(data_mod.EMBEDDED_DIR, copy)
-    monkeypatch.setattr(data_mod, "EMBEDDED_DIR", copy)
+    shutil.copytree(mnist_files.EMBEDDED_DIR, copy)
+    monkeypatch.setattr(mnist_files, "EMBEDDED_DIR", copy)
     return copy
 
 

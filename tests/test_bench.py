@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mnist_rnn import bench
+from benchmarks import bench
 
 
 def test_flop_count_matches_the_lstm_formula():

@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
-from mnist_rnn.checkpoints import SafeCheckpointIO, newest_checkpoint, read_checkpoint
+from mnist_rnn.checkpoints import SafeCheckpointIO, read_checkpoint
+from mnist_rnn.resume import newest_checkpoint
 from mnist_rnn.errors import CheckpointError, OutputError
 from tests.conftest import TINY, cli_error
 
@@ -155,7 +156,7 @@ BAD = {
     "other_model": ("test", r"other_model\.ckpt was made for a different model \(settings channels are unknown here\)"),
     "no_settings": (
         "test",
-        r"no_settings\.ckpt was made with a different model shape \(rnn\.weight_ih_l0 is \(64, 28\) there,"
+        r"no_settings\.ckpt was made with a different model shape \(net\.rnn\.weight_ih_l0 is \(64, 28\) there,"
         r" \(512, 28\) here\); pass the checkpoint's own model settings",
     ),
     "weights_only": ("fit", r"weights_only\.ckpt holds weights only, so training cannot resume from it"),

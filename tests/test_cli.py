@@ -9,7 +9,6 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from mnist_rnn.callbacks import TensorBoardDashboards
 from mnist_rnn.cli import cli_main, config_file
 from mnist_rnn.model import LSTMClassifier
 from tests.conftest import TINY, run_cli
@@ -42,7 +41,9 @@ def test_fit_prints_where_everything_is(tiny_run):
 def test_best_validation_accuracy_is_the_max_over_epochs(tiny_run):
     events = EventAccumulator(str(tiny_run["run_dir"])).Reload()
     accs = [e.value for e in events.Scalars("val/acc")]
-    bests = [e.value for e in events.Scalars("val/acc_best")]
+    # By step, as TensorBoard draws the curve: the HPARAMS entry repeats the first point at its step.
+    bests = list({e.step: e.value for e in events.Scalars("val/acc_best")}.values())
+    assert len(bests) == len(accs)
     assert bests == pytest.approx([max(accs[: i + 1]) for i in range(len(accs))])
 
 
@@ -153,19 +154,12 @@ def test_fit_logs_the_dashboards(tiny_run):
     assert not any(k.startswith("_") for k in settings)
 
 
-def test_dashboards_cost_little(tiny_run):
-    dashboards = next(c for c in tiny_run["cli"].trainer.callbacks if isinstance(c, TensorBoardDashboards))
-    assert len(dashboards.epoch_seconds) == 2  # the sanity check is not drawn
-    # Drawing and logging both pictures takes tens of milliseconds; seconds would be a regression.
-    assert max(dashboards.epoch_seconds) < 2.0
-
-
 @pytest.mark.parametrize("config", ["default.yaml", "seed.yaml", "tiny.yaml"])
 def test_every_config_has_the_dashboards(config):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         cli_main(["fit", "-c", config_file(config), "--print_config"])
-    assert "class_path: mnist_rnn.callbacks.TensorBoardDashboards" in out.getvalue()
+    assert "class_path: mnist_rnn.dashboards.TensorBoardDashboards" in out.getvalue()
     assert "default_hp_metric: false" in out.getvalue()
 
 
@@ -181,3 +175,24 @@ def test_default_config_reaches_99_percent_on_the_official_test_set(tmp_path):
     assert test.returncode == 0, test.stderr[-2000:]
     accuracy = float(next(line.split()[-1] for line in test.stdout.splitlines() if "test/acc" in line))
     assert accuracy >= 0.990
+
+
+def test_private_lightning_cli_hooks_are_still_called():
+    """MnistRnnCLI overrides two private LightningCLI methods (checked against lightning 2.6.6); if
+    Lightning renames them or stops calling them, the overrides would silently do nothing."""
+    import inspect
+
+    from lightning.pytorch.cli import LightningCLI
+
+    assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.__init__)
+    assert "self._prepare_subcommand_parser(" in inspect.getsource(LightningCLI._add_subcommands)
+    assert list(inspect.signature(LightningCLI._prepare_subcommand_parser).parameters) == [
+        "self", "klass", "subcommand", "kwargs",
+    ]
+
+
+def test_predict_has_its_csv_options_and_fit_has_not(capsys):
+    for subcommand, present in (("predict", True), ("fit", False)):
+        with pytest.raises(SystemExit):
+            cli_main([subcommand, "--help"])
+        assert ("--predictions.output" in capsys.readouterr().out) is present

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,8 +12,8 @@ from mnist_rnn.model import LSTMClassifier
 def test_forward_and_backward_shapes(batch, layers, bidirectional):
     torch.manual_seed(0)
     model = LSTMClassifier(hidden_size=12, num_layers=layers, bidirectional=bidirectional, dropout=0.1 * (layers > 1))
-    assert model.head.in_features == 12 * (2 if bidirectional else 1)
-    assert model.head.bias.shape == (10,)  # the notebook's (10, 1) bias only broadcast at batch 10
+    assert model.net.head.in_features == 12 * (2 if bidirectional else 1)
+    assert model.net.head.bias.shape == (10,)  # the notebook's (10, 1) bias only broadcast at batch 10
     images = torch.randn(batch, 28, 28)
     logits = model(images)
     assert logits.shape == (batch, 10)
@@ -25,26 +27,26 @@ def test_head_reads_the_final_state_of_the_last_row():
     torch.manual_seed(0)
     model = LSTMClassifier(hidden_size=8).eval()
     images = torch.randn(4, 28, 28)
-    output, _ = model.rnn(images)
-    assert torch.allclose(model(images), model.head(output[:, -1]), atol=1e-6)
+    output, _ = model.net.rnn(images)
+    assert torch.allclose(model(images), model.net.head(output[:, -1]), atol=1e-6)
 
 
 def test_bidirectional_head_reads_backward_state_at_row_zero():
     torch.manual_seed(0)
     model = LSTMClassifier(hidden_size=8, num_layers=2, bidirectional=True).eval()
     images = torch.randn(4, 28, 28)
-    output, _ = model.rnn(images)
+    output, _ = model.net.rnn(images)
     # Forward direction: finished at the last row. Backward direction: finished at row 0.
-    expected = model.head(torch.cat([output[:, -1, :8], output[:, 0, 8:]], dim=1))
+    expected = model.net.head(torch.cat([output[:, -1, :8], output[:, 0, 8:]], dim=1))
     assert torch.allclose(model(images), expected, atol=1e-6)
     # output[:, -1] holds the backward direction after one row only: a different answer.
-    assert not torch.allclose(model(images), model.head(output[:, -1]), atol=1e-3)
+    assert not torch.allclose(model(images), model.net.head(output[:, -1]), atol=1e-3)
 
 
 def test_forget_gate_bias_is_initialised():
     model = LSTMClassifier(hidden_size=5, num_layers=2, forget_bias=1.0)
     for layer in range(2):
-        total = getattr(model.rnn, f"bias_ih_l{layer}") + getattr(model.rnn, f"bias_hh_l{layer}")
+        total = getattr(model.net.rnn, f"bias_ih_l{layer}") + getattr(model.net.rnn, f"bias_hh_l{layer}")
         assert torch.allclose(total[5:10], torch.ones(5))
 
 
@@ -87,15 +89,15 @@ def test_best_validation_accuracy_is_kept_in_the_state_dict():
 def test_sequence_modes_shape_the_input(sequence, steps, features):
     model = LSTMClassifier(hidden_size=8, sequence=sequence)
     images = torch.randn(3, 28, 28)
-    assert model.to_sequence(images).shape == (3, steps, features)
-    assert model.rnn.input_size == features
+    assert model.net.to_sequence(images).shape == (3, steps, features)
+    assert model.net.rnn.input_size == features
     assert model(images).shape == (3, 10)
 
 
 def test_pixels_follow_reading_order():
     model = LSTMClassifier(hidden_size=8, sequence="pixels")
     images = torch.arange(2 * 784, dtype=torch.float32).reshape(2, 28, 28)
-    seq = model.to_sequence(images)
+    seq = model.net.to_sequence(images)
     assert torch.equal(seq[1, :, 0], images[1].flatten())
 
 
@@ -103,11 +105,11 @@ def test_permutation_is_fixed_by_its_seed_and_survives_a_checkpoint(tmp_path):
     from mnist_rnn.model import pixel_permutation
 
     model = LSTMClassifier(hidden_size=8, sequence="permuted", permutation_seed=3)
-    assert torch.equal(model.permutation, pixel_permutation(3))
-    assert torch.equal(torch.sort(model.permutation).values, torch.arange(784))
+    assert torch.equal(model.net.permutation, pixel_permutation(3))
+    assert torch.equal(torch.sort(model.net.permutation).values, torch.arange(784))
     assert not torch.equal(pixel_permutation(3), pixel_permutation(4))
     images = torch.randn(2, 28, 28)
-    assert torch.equal(model.to_sequence(images)[:, :, 0], images.reshape(2, 784)[:, pixel_permutation(3)])
+    assert torch.equal(model.net.to_sequence(images)[:, :, 0], images.reshape(2, 784)[:, pixel_permutation(3)])
 
     import lightning as L
 
@@ -117,16 +119,16 @@ def test_permutation_is_fixed_by_its_seed_and_survives_a_checkpoint(tmp_path):
     trainer.save_checkpoint(path)
     loaded = LSTMClassifier.load_from_checkpoint(path)
     assert loaded.hparams.sequence == "permuted" and loaded.hparams.permutation_seed == 3
-    assert torch.equal(loaded.permutation, model.permutation)
+    assert torch.equal(loaded.net.permutation, model.net.permutation)
 
 
 def test_gru_cell_and_its_bidirectional_head():
     torch.manual_seed(0)
     model = LSTMClassifier(hidden_size=6, cell="gru", bidirectional=True).eval()
-    assert isinstance(model.rnn, torch.nn.GRU)
+    assert isinstance(model.net.rnn, torch.nn.GRU)
     images = torch.randn(4, 28, 28)
-    output, _ = model.rnn(images)
-    expected = model.head(torch.cat([output[:, -1, :6], output[:, 0, 6:]], dim=1))
+    output, _ = model.net.rnn(images)
+    expected = model.net.head(torch.cat([output[:, -1, :6], output[:, 0, 6:]], dim=1))
     assert torch.allclose(model(images), expected, atol=1e-6)
 
 
@@ -134,9 +136,32 @@ def test_gru_cell_and_its_bidirectional_head():
 def test_recurrent_initialisations(cell):
     gates = 4 if cell == "lstm" else 3
     ortho = LSTMClassifier(hidden_size=6, cell=cell, recurrent_init="orthogonal")
-    for block in ortho.rnn.weight_hh_l0.detach().split(6):
+    for block in ortho.net.rnn.weight_hh_l0.detach().split(6):
         assert torch.allclose(block @ block.T, torch.eye(6), atol=1e-5)
     ident = LSTMClassifier(hidden_size=6, cell=cell, recurrent_init="identity")
-    assert torch.equal(ident.rnn.weight_hh_l0.detach(), torch.eye(6).repeat(gates, 1))
+    assert torch.equal(ident.net.rnn.weight_hh_l0.detach(), torch.eye(6).repeat(gates, 1))
     default = LSTMClassifier(hidden_size=6, cell=cell)
-    assert not torch.equal(default.rnn.weight_hh_l0.detach(), torch.eye(6).repeat(gates, 1))
+    assert not torch.equal(default.net.rnn.weight_hh_l0.detach(), torch.eye(6).repeat(gates, 1))
+
+
+@pytest.mark.parametrize("name", ["legacy_rows_lstm", "legacy_permuted_gru"])
+def test_checkpoints_of_the_earlier_module_layout_still_load(name, tmp_path):
+    """Written by mnist-rnn 0.1.0 before the network moved to network.py (weights named rnn.*, head.*)."""
+    from mnist_rnn.data import normalize
+    from mnist_rnn.mnist_files import load_split
+
+    fixtures = Path(__file__).parent / "fixtures"
+    expected = torch.load(fixtures / "legacy_logits.pt")[name]  # that code's logits for the first 16 test digits
+    model = LSTMClassifier.load_from_checkpoint(fixtures / f"{name}.ckpt", map_location="cpu", weights_only=True)
+    images, _ = load_split("test")
+    with torch.no_grad():
+        assert torch.equal(model.eval()(normalize(images[:16])), expected)
+
+
+def test_the_cli_scores_a_checkpoint_of_the_earlier_module_layout(tmp_path):
+    from tests.conftest import run_cli
+
+    ckpt = Path(__file__).parent / "fixtures" / "legacy_permuted_gru.ckpt"
+    cli, _ = run_cli("test", "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "1", cwd=tmp_path)
+    assert cli.model.hparams.sequence == "permuted" and cli.model.hparams.cell == "gru"
+    assert "test/acc" in cli.trainer.callback_metrics

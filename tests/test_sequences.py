@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_rnn.data import load_split
+from mnist_rnn.mnist_files import load_split
 from tests.conftest import TINY, run_cli, write_idx
 
 

@@ -1,4 +1,4 @@
-"""The speed benchmark: `python -m mnist_rnn.bench` (add --smoke for a run of seconds).
+"""The speed benchmark: `python -m benchmarks.bench` (add --smoke for a run of seconds).
 
 In one process, on the same data and model settings, it measures the project's real training
 path (`mnist-rnn fit` through LightningCLI, with the default logging, metrics, checkpoints and
@@ -29,9 +29,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from mnist_rnn.cli import MnistRnnCLI, auto_precision, auto_threads, cli_main, config_file
-from mnist_rnn.data import load_split
-from mnist_rnn.data import EMBEDDED_DIR, IDX_FILES, MNIST_MEAN, MNIST_STD, MNISTDataModule
+from mnist_rnn.cli import MnistRnnCLI, cli_main, config_file
+from mnist_rnn.hardware import auto_precision, auto_threads, native_bf16_cpu
+from mnist_rnn.mnist_files import load_split
+from mnist_rnn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
+from mnist_rnn.mnist_files import EMBEDDED_DIR, IDX_FILES
 
 # The two models the issue tracks: the everyday config and the notebook's.
 CASES = {
@@ -55,10 +57,6 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def native_bf16() -> bool:
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
@@ -97,7 +95,7 @@ def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[
         "fit",
         "-c", config_file(case["config"]),
         "--trainer.max_steps", str(warmup + steps + 1),
-        "--trainer.callbacks+=mnist_rnn.bench.StepTimer",
+        "--trainer.callbacks+=benchmarks.bench.StepTimer",
         f"--trainer.callbacks.warmup={warmup}",
         f"--trainer.callbacks.steps={steps}",
         *extra,
@@ -108,8 +106,8 @@ def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[
         cli = cli_main(args)
     finally:
         os.chdir(old)
-    # The CLI imports the timer as mnist_rnn.bench.StepTimer, which is not __main__.StepTimer.
-    from mnist_rnn.bench import StepTimer as ImportedStepTimer
+    # The CLI imports the timer as benchmarks.bench.StepTimer, which is not __main__.StepTimer.
+    from benchmarks.bench import StepTimer as ImportedStepTimer
 
     timer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ImportedStepTimer))
     return steps * case["batch"] / timer.seconds, cli
@@ -240,7 +238,7 @@ def run(smoke: bool) -> dict:
     results: dict = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {
-            "cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": native_bf16(),
+            "cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": native_bf16_cpu(),
             "torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version(),
         },
         "smoke": smoke,
@@ -249,7 +247,7 @@ def run(smoke: bool) -> dict:
     torch.set_num_threads(cores)
     mm_seconds, mm_n = (0.2, 256) if smoke else (3.0, 1024)
     results["matmul_gflops"] = {"fp32": matmul_gflops(torch.float32, mm_n, mm_seconds)}
-    if native_bf16():
+    if native_bf16_cpu():
         results["matmul_gflops"]["bf16"] = matmul_gflops(torch.bfloat16, mm_n, mm_seconds)
 
     dm = MNISTDataModule()
@@ -357,7 +355,7 @@ def run_gpu() -> dict:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mnist_rnn.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything, to check the benchmark runs")
     parser.add_argument("--gpu", action="store_true", help="the GPU figures instead (needs a CUDA device)")
     parser.add_argument("--json", default=None, help="where to write the figures (default: bench-<time>.json here)")

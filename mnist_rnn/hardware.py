@@ -1,0 +1,49 @@
+"""What the machine decides: the training precision and the number of CPU threads.
+
+Used by the CLI when `trainer.precision` or `threads` is null, and by the benchmark, so that both
+make the same choice.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import torch
+
+# Lightning's model summary cannot size bf16 weights; the parameter count it shows is right.
+warnings.filterwarnings("ignore", message=r".*is not supported by the model summary.*")
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), not by conversion."""
+    # Private torch helpers (checked with torch 2.14.1): torch has no public query for these
+    # instruction sets. tests/test_hardware.py fails if they disappear.
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def auto_precision(accelerator: Any, batch_size: int) -> str:
+    """bf16-mixed where the hardware computes bf16 natively and the step is bound by matrix work.
+
+    Below batch 32 on a CPU a step is bound by per-op overhead, and autocast's casts make it
+    slower, not faster (measured: LSTM(50) at batch 10 ran 12% slower in bf16); fp32 there.
+    """
+    on_gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    if str(accelerator) in ("auto", "cpu") and batch_size >= 32:
+        return "bf16-mixed" if native_bf16_cpu() else "32-true"
+    return "32-true"
+
+
+def auto_threads(batch_size: int) -> int:
+    """Threads for torch on the CPU.
+
+    Small batches are bound by per-step overhead; a second thread gains little there and
+    collapses the step rate when another process is busy on that core. Large batches are bound
+    by matrix work and use every core this process may run on.
+    """
+    if batch_size < 32:
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

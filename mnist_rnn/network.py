@@ -1,0 +1,103 @@
+"""The network: an LSTM or GRU reads an image as a sequence, a linear head reads its final state.
+
+A plain `nn.Module`, free of training concerns, so it can be used, exported or inspected on its
+own. It owns the image-to-sequence step (rows, pixels or permuted pixels) and the permutation
+itself (a buffer), so the weights alone say how to read an image.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+NUM_CLASSES = 10
+IMAGE_SIDE = 28
+
+Sequence = Literal["rows", "pixels", "permuted"]
+
+
+def pixel_permutation(seed: int) -> torch.Tensor:
+    """The fixed pixel order of permuted sequential MNIST, drawn reproducibly from seed."""
+    return torch.randperm(IMAGE_SIDE * IMAGE_SIDE, generator=torch.Generator().manual_seed(seed))
+
+
+class RecurrentNet(nn.Module):
+    """`nn.LSTM` (or `nn.GRU`) over an image read as a sequence, then `nn.Linear` on the final state."""
+
+    def __init__(
+        self,
+        hidden_size: int = 128,
+        num_layers: int = 1,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        cell: Literal["lstm", "gru"] = "lstm",
+        sequence: Sequence = "rows",
+        permutation_seed: int = 0,
+        forget_bias: float = 1.0,
+        recurrent_init: Literal["default", "orthogonal", "identity"] = "default",
+    ) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.bidirectional = bidirectional
+        self.sequence = sequence
+        rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn_class(
+            input_size=IMAGE_SIDE if sequence == "rows" else 1,
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout if num_layers > 1 else 0.0,
+            bidirectional=bidirectional,
+            batch_first=True,
+        )
+        self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), NUM_CLASSES)
+        self._init_recurrent_weights(recurrent_init)
+        if cell == "lstm":
+            self._init_forget_bias(forget_bias)
+        if sequence == "permuted":
+            # A buffer: saved with the weights it was trained with.
+            self.register_buffer("permutation", pixel_permutation(permutation_seed))
+
+    def _init_recurrent_weights(self, how: str) -> None:
+        if how == "default":
+            return
+        for name, weight in self.rnn.named_parameters():
+            if name.startswith("weight_hh"):
+                # One (hidden x hidden) block per gate, each initialised on its own.
+                for block in weight.data.split(self.hidden_size, dim=0):
+                    if how == "orthogonal":
+                        nn.init.orthogonal_(block)
+                    else:
+                        block.copy_(torch.eye(self.hidden_size))
+
+    def _init_forget_bias(self, value: float) -> None:
+        # PyTorch packs the gates as (input, forget, cell, output) and adds two bias vectors,
+        # so the forget gate's effective bias is the sum of both slices.
+        hidden = self.hidden_size
+        for name, bias in self.rnn.named_parameters():
+            if name.startswith("bias"):
+                with torch.no_grad():
+                    bias[hidden : 2 * hidden].fill_(value / 2)
+
+    def to_sequence(self, images: torch.Tensor) -> torch.Tensor:
+        """(batch, 28, 28) images -> (batch, steps, features) sequences as configured."""
+        if self.sequence == "rows":
+            return images
+        pixels = images.reshape(len(images), IMAGE_SIDE * IMAGE_SIDE, 1)
+        if self.sequence == "permuted":
+            pixels = pixels[:, self.permutation]
+        return pixels
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, 10) for normalized images (batch, 28, 28)."""
+        _, h_n = self.rnn(self.to_sequence(images))
+        if isinstance(h_n, tuple):  # an LSTM returns (h_n, c_n)
+            h_n = h_n[0]
+        # h_n is (layers * directions, batch, hidden). The last layer's forward state is at the
+        # final row; its backward state finished at row 0, which output[:, -1] would miss.
+        if self.bidirectional:
+            features = torch.cat([h_n[-2], h_n[-1]], dim=1)
+        else:
+            features = h_n[-1]
+        return self.head(features)

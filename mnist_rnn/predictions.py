@@ -1,0 +1,127 @@
+"""What `mnist-rnn predict` writes: a CSV of predictions, one row per image."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import lightning as L
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+from mnist_rnn.data import NO_LABEL
+from mnist_rnn.errors import ConfigError, PredictOutputError, SkippedInputsError
+
+
+class PredictionCSVWriter(BasePredictionWriter):
+    """Writes what predict found to a CSV, one row per image, and says where it is.
+
+    Columns: path, prediction, confidence (the top probability), p0..p9, and label where the
+    images have one (the official test set), in which case the printed summary gives the accuracy.
+    """
+
+    def __init__(self, output: Optional[str] = None) -> None:
+        """
+        Args:
+            output: The CSV file to write (replaced if it exists). Default: a new file
+                predictions/predictions_<N>.csv in the current folder, N the first number not
+                taken, so that earlier predictions are never overwritten.
+        """
+        super().__init__(write_interval="batch")
+        self.output = output
+        self.path: Optional[Path] = None
+        self._file = None
+        self._csv = None
+        self._rows = 0
+        self._correct = 0
+        self._labelled = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "predict" or not trainer.is_global_zero:
+            return
+        if trainer.world_size > 1:
+            raise ConfigError("predict writes a single CSV: run it on one device (--trainer.devices 1)")
+        # Opened here, before predicting starts: a place that cannot be written fails at once.
+        try:
+            self.path, self._file = self._open()
+        except OSError as err:
+            where = self.output or "predictions/"
+            raise PredictOutputError(
+                f"cannot write predictions to {where} ({err.strerror or err}); choose another file with"
+                " --predictions.output"
+            ) from None
+        self._csv = None
+        self._rows = self._correct = 0
+
+    def _open(self):
+        if self.output is not None:
+            path = Path(self.output).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return path, path.open("w", newline="")
+        folder = Path("predictions")
+        folder.mkdir(exist_ok=True)
+        number = 0
+        while True:
+            path = folder / f"predictions_{number}.csv"
+            try:
+                return path, path.open("x", newline="")  # "x": never replace an earlier file
+            except FileExistsError:
+                number += 1
+
+    def write_on_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
+        batch_indices: Optional[Sequence[int]], batch: Any, batch_idx: int, dataloader_idx: int,
+    ) -> None:
+        if self._file is None:
+            return
+        probs = prediction["probs"].float().cpu()
+        labels = prediction["labels"].cpu()
+        names = trainer.predict_dataloaders.dataset.names
+        if self._csv is None:
+            # The first batch tells whether these images carry labels: the test set does, the user's do not.
+            self._labelled = bool((labels != NO_LABEL).all())
+            self._csv = csv.writer(self._file)
+            header = ["path", "prediction", "confidence", *(f"p{k}" for k in range(probs.shape[1]))]
+            self._csv.writerow(header + (["label"] if self._labelled else []))
+        confidence, predicted = probs.max(dim=1)
+        for i, index in enumerate(batch_indices):
+            row = [names[index], int(predicted[i]), f"{float(confidence[i]):.4f}"]
+            row += [f"{p:.4f}" for p in probs[i].tolist()]
+            if self._labelled:
+                row.append(int(labels[i]))
+                self._correct += int(predicted[i] == labels[i])
+            self._csv.writerow(row)
+        self._rows += len(batch_indices)
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._file is None:
+            return
+        self._close()
+        lines = [f"predictions for {self._rows} images: {self.path}"]
+        if self._labelled and self._rows:
+            lines.append(f"accuracy: {self._correct / self._rows:.4f} ({self._correct}/{self._rows})")
+        print("\n".join(lines), flush=True)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+
+def report_skipped(datamodule) -> None:
+    """Name every image predict could not read, then fail: a partial CSV must not pass for a whole one."""
+    skipped = datamodule.skipped
+    if not skipped:
+        return
+    for path, reason in skipped:
+        print(f"mnist-rnn: skipped {path}: {reason}", file=sys.stderr)
+    total = len(skipped) + len(datamodule.datasets["predict"])
+    raise SkippedInputsError(
+        f"{len(skipped)} of {total} inputs could not be read and have no prediction (named above);"
+        " replace or remove them"
+    )

@@ -1,0 +1,192 @@
+"""Resuming a run: `--ckpt_path last`, continuing in the run's own folder, and an exact continuation.
+
+What a resume needs, in the order it happens:
+1. `resolve`: `last` means the newest checkpoint of the newest run of this config (Lightning's own
+   `last` only looks in the new run's empty folder, and then silently trains from scratch).
+2. `check_resumable`: a weights-only checkpoint, or one past the run's length, is refused.
+3. `continue_run`: when the checkpoint is its run's newest, logging goes on in that run's folder
+   (same version; TensorBoard's purge_step hides what an interrupted attempt logged after the
+   checkpoint, so no step goes back). From an older checkpoint a new run folder opens instead,
+   leaving the newer checkpoints alone.
+4. During the run: Lightning restores weights, optimizer, schedule, loop progress and (through
+   the StatefulDataLoader in data.py) the position in the epoch; `RandomState` adds the random
+   generators; `check_schedule_length` refuses a schedule stretched to another length.
+5. After a stop: `resume_command` is the command to type.
+Checkpoints are written every epoch and every minute by the ModelCheckpoint entries of
+conf/default.yaml, atomically (checkpoints.SafeCheckpointIO).
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from mnist_rnn.errors import CheckpointError, ConfigError
+
+LAST = "last"
+
+# Evaluating a checkpoint outside its run folder: ModelCheckpoint has nothing to resume there.
+warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
+# A resumed run writes into its own, non-empty checkpoints folder; a new run always gets an empty one.
+warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
+
+
+def newest_in(folder: Path) -> Optional[Path]:
+    """The most recently written checkpoint in a folder, if any."""
+    files = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def version_of(folder: Path) -> Optional[int]:
+    """N for a run folder named version_<N>, else None."""
+    number = folder.name.removeprefix("version_")
+    return int(number) if folder.name.startswith("version_") and number.isdigit() else None
+
+
+def run_versions(runs: Path) -> list[Path]:
+    """The run folders runs/<config>/version_<N>/, newest (highest N) first."""
+    folders = [p for p in runs.glob("version_*") if p.is_dir() and version_of(p) is not None]
+    return sorted(folders, key=version_of, reverse=True)
+
+
+def newest_checkpoint(runs: Path) -> Optional[Path]:
+    """The newest checkpoint of the newest run of a config that has one.
+
+    A run killed before its first checkpoint has nothing to resume and is passed over.
+    """
+    for run in run_versions(runs):
+        found = newest_in(run / "checkpoints")
+        if found is not None:
+            return found
+    return None
+
+
+def runs_folder(config) -> Optional[Path]:
+    """runs/<config name>/ of the configured logger: where `--ckpt_path last` looks."""
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not init_args or init_args.get("save_dir") is None or init_args.get("name") is None:
+        return None
+    return Path(init_args.save_dir) / init_args.name
+
+
+def resolve(ckpt_path: str, runs: Optional[Path]) -> Path:
+    """`last` means the newest checkpoint of the newest run of this config; anything else is a file path."""
+    if ckpt_path != LAST:
+        return Path(ckpt_path)
+    if runs is None:
+        raise CheckpointError(
+            "--ckpt_path last needs a logger with save_dir and name to find the runs; pass a checkpoint file instead"
+        )
+    found = newest_checkpoint(runs)
+    if found is None:
+        raise CheckpointError(
+            f"--ckpt_path last: no checkpoint under {runs}/ to resume; start a new run without --ckpt_path,"
+            " or pass the -c config the run was trained with"
+        )
+    return found
+
+
+def run_of(checkpoint: Path, runs: Path) -> Optional[Path]:
+    """The run folder (runs/<config>/version_<N>/) this checkpoint is the newest checkpoint of, if any.
+
+    Only then does resuming continue that run in place: continuing from an older checkpoint
+    would overwrite the newer ones, so that starts a new run folder instead.
+    """
+    folder = checkpoint.resolve().parent
+    run = folder.parent
+    if folder.name != "checkpoints" or run.parent != runs.resolve() or version_of(run) is None:
+        return None
+    newest = newest_in(folder)
+    return run if newest is not None and newest.resolve() == checkpoint.resolve() else None
+
+
+def check_resumable(checkpoint: dict[str, Any], path: Path, max_epochs: Optional[int]) -> None:
+    """Refuse, before anything runs, a checkpoint that `fit` could not continue from."""
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(
+            f"checkpoint {path} holds weights only, so training cannot resume from it;"
+            " use it with test, validate or predict, or pass a full checkpoint"
+        )
+    epoch = checkpoint.get("epoch", 0)
+    if max_epochs is not None and max_epochs >= 0 and epoch > max_epochs:
+        raise CheckpointError(
+            f"checkpoint {path} is at epoch {epoch}, past --trainer.max_epochs {max_epochs};"
+            " resume with the run's own max_epochs"
+        )
+
+
+def continue_run(config, checkpoint: dict[str, Any]) -> None:
+    """Point fit's logger at the checkpoint's own run folder when it is that run's newest, and say so."""
+    path = Path(config.ckpt_path)
+    check_resumable(checkpoint, path, config.trainer.max_epochs)
+    epoch, step = checkpoint.get("epoch", 0), checkpoint.get("global_step", 0)
+    runs = runs_folder(config)
+    run = run_of(path, runs) if runs is not None else None
+    if run is not None:
+        config.trainer.logger.init_args.version = version_of(run)
+        config.trainer.logger.init_args.purge_step = step
+        where = f"resuming {runs / run.name}"
+    else:
+        where = "resuming in a new run folder"
+    print(f"{where} from {path} (epoch {epoch + 1}, after step {step})", flush=True)
+
+
+def resume_command(args: list[str]) -> str:
+    """The command that continues a stopped run: the same one, with `--ckpt_path last`."""
+    kept: list[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+        elif arg == "--ckpt_path":
+            skip_value = True
+        elif not arg.startswith("--ckpt_path="):
+            kept.append(arg)
+    return shlex.join(["mnist-rnn", *kept, "--ckpt_path", LAST])
+
+
+def check_schedule_length(trainer: L.Trainer, scheduler: str) -> None:
+    """A resumed schedule keeps the length it was built for; refuse a run of another length.
+
+    With another max_epochs or max_steps, onecycle would fail when it runs out of steps and cosine
+    would silently climb back up.
+    """
+    total = int(trainer.estimated_stepping_batches)
+    for config in trainer.lr_scheduler_configs:
+        built_for = getattr(config.scheduler, "total_steps", None) or getattr(config.scheduler, "T_max", None)
+        if built_for is not None and built_for != total:
+            raise ConfigError(
+                f"the checkpoint's {scheduler} schedule was built for {built_for} steps but this run"
+                f" has {total}; resume with the run's own --trainer.max_epochs / --trainer.max_steps"
+            )
+
+
+class RandomState(Callback):
+    """Saves the random generators in every checkpoint and restores them on resume.
+
+    Lightning restores weights, optimizer, schedule and loop progress but not the generators, so
+    a resumed run would draw other dropout masks than the uninterrupted one. NumPy's generator is
+    left out: nothing in training draws from it. (The order of the training images does not come
+    from these generators either: see `mnist_rnn.data.EpochShuffle`.)
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        random.setstate(state_dict["python"])
+        cuda = state_dict.get("cuda")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)

@@ -1,0 +1,111 @@
+"""Stopping a run without losing finished work or saving a broken state: two callbacks.
+
+- `StopOnSignal`: Ctrl-C (SIGINT) or SIGTERM lets the current batch finish, saves last.ckpt there
+  and stops with `TrainingStopped`, whose message the CLI completes with the command that resumes.
+- `StopOnNonFinite`: a loss or weights that are no longer finite stop training with
+  `TrainingDiverged` before any checkpoint of that state is written.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from mnist_rnn.errors import TrainingDiverged, TrainingStopped
+from mnist_rnn.resume import newest_in
+
+
+def checkpoint_folder(trainer: L.Trainer) -> Path:
+    """Where the run's checkpoints go."""
+    callback = trainer.checkpoint_callback
+    return Path(callback.dirpath) if callback is not None and callback.dirpath else Path(trainer.default_root_dir)
+
+
+class StopOnSignal(Callback):
+    """SIGINT (Ctrl-C) and SIGTERM: finish the batch, save a checkpoint, stop.
+
+    A second signal stops at once; the newest checkpoint on disk is still complete, because
+    checkpoints are written atomically (`SafeCheckpointIO`).
+
+    Args:
+        filename: File in the run's checkpoints folder that a stop on a signal writes.
+    """
+
+    def __init__(self, filename: str = "last.ckpt") -> None:
+        super().__init__()
+        self.filename = filename
+        self._signum: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Installed here, not in setup(): Lightning installs its own SIGTERM handler just before
+        # training, and its handler raises at points where no checkpoint is saved.
+        self._signum = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._request_stop)
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        if self._signum is not None:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self._signum = signum
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        if self._signum is None:
+            return
+        path = checkpoint_folder(trainer) / self.filename
+        trainer.save_checkpoint(path, weights_only=False)
+        raise TrainingStopped(
+            f"stopped by {signal.Signals(self._signum).name} in epoch {trainer.current_epoch + 1},"
+            f" after step {trainer.global_step}; saved {path}",
+            self._signum,
+        )
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
+
+    def _restore_handlers(self) -> None:
+        # Restored before Lightning's teardown, which then puts back the handlers from before fit.
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+class StopOnNonFinite(Callback):
+    """A loss or weights that are no longer finite stop training before that state is saved.
+
+    The loss is checked at the end of every batch (before the checkpoint callbacks, which Lightning
+    runs last), the weights whenever a checkpoint is about to be written: checking every weight
+    every step would cost a tenth of a step at batch 10.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not bool(torch.isfinite(loss.detach()).all()):
+            raise self._diverged(trainer, pl_module, f"the loss became {float(loss):g}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        # Raised before the file is written: the previous checkpoint stays the newest one.
+        weights_ok = torch.stack([torch.isfinite(p.detach()).all() for p in pl_module.parameters()]).all()
+        if not bool(weights_ok):
+            raise self._diverged(trainer, pl_module, "the weights stopped being finite numbers")
+
+    def _diverged(self, trainer: L.Trainer, pl_module: L.LightningModule, what: str) -> TrainingDiverged:
+        lr = pl_module.hparams.get("lr")
+        setting = f" (model.lr={lr:g})" if lr is not None else ""
+        good = newest_in(checkpoint_folder(trainer))
+        kept = f"the last good checkpoint, {good}, is kept" if good else "no checkpoint had been written yet"
+        return TrainingDiverged(
+            f"{what} in step {trainer.global_step} (epoch {trainer.current_epoch + 1}): the learning rate{setting}"
+            f" is most likely too high; training stopped and {kept}. Lower --model.lr and start again"
+        )
