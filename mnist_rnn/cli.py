@@ -187,8 +187,9 @@ def main(args: Optional[list[str]] = None) -> None:
         if os.environ.get("MNIST_RNN_DEBUG"):
             raise
         if isinstance(err, TrainingStopped):
-            command = resume.resume_command(sys.argv[1:] if args is None else list(args))
-            print(f"mnist-rnn: {err}\nresume with: {command}", file=sys.stderr)
+            if err.report:
+                command = resume.resume_command(sys.argv[1:] if args is None else list(args))
+                print(f"mnist-rnn: {err}\nresume with: {command}", file=sys.stderr)
         else:
             print(f"mnist-rnn: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None

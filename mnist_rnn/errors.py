@@ -26,6 +26,7 @@ class SkippedInputsError(PredictInputError):
 class PredictOutputError(MnistRnnError):
     """The predictions cannot be written where they were asked for; raised before predicting."""
 
+
 class CheckpointError(MnistRnnError):
     """A checkpoint file is missing, damaged, unsafe to load, or does not fit the model or the run."""
 
@@ -41,7 +42,9 @@ class TrainingDiverged(MnistRnnError):
 class TrainingStopped(MnistRnnError):
     """Training stopped on a signal after saving a checkpoint; the CLI adds the command that resumes it."""
 
-    def __init__(self, message: str, signum: int) -> None:
+    def __init__(self, message: str, signum: int, report: bool = True) -> None:
         super().__init__(message)
         # The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM.
         self.exit_code = 128 + signum
+        # Under DDP every rank stops; only the launching one tells the user.
+        self.report = report

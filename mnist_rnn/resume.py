@@ -173,18 +173,42 @@ class RandomState(Callback):
     """Saves the random generators in every checkpoint and restores them on resume.
 
     Lightning restores weights, optimizer, schedule and loop progress but not the generators, so
-    a resumed run would draw other dropout masks than the uninterrupted one. NumPy's generator is
-    left out: nothing in training draws from it. (The order of the training images does not come
-    from these generators either: see `mnist_rnn.data.EpochShuffle`.)
+    a resumed run would draw other dropout masks than the uninterrupted one. Under DDP each rank
+    has its own generators (each its own GPU's, say): every rank's are saved, and each rank gets
+    its own back. NumPy's generator is left out: nothing in training draws from it. (The order of
+    the training images does not come from these generators either: see `mnist_rnn.data.EpochShuffle`.)
     """
+
+    def __init__(self) -> None:
+        self._trainer: Optional[L.Trainer] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def _ranks(self) -> tuple[int, int]:
+        trainer = self._trainer
+        if trainer is None or trainer.world_size < 2 or not torch.distributed.is_initialized():
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
+        rank, world = self._ranks()
+        if world == 1:
+            return state
+        # Every rank writes a checkpoint's state (rank 0 then saves it): gather them all there.
+        states: list[Any] = [None] * world
+        torch.distributed.all_gather_object(states, state)
+        return {"ranks": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        rank, world = self._ranks()
+        ranks = state_dict.get("ranks")
+        if ranks is not None:
+            # Another number of processes than the run was saved with: rank 0's state is the best guess.
+            state_dict = ranks[rank] if len(ranks) == world else ranks[0]
         torch.set_rng_state(state_dict["torch"])
         random.setstate(state_dict["python"])
         cuda = state_dict.get("cuda")

@@ -1,7 +1,8 @@
 """Stopping a run without losing finished work or saving a broken state: two callbacks.
 
 - `StopOnSignal`: Ctrl-C (SIGINT) or SIGTERM lets the current batch finish, saves last.ckpt there
-  and stops with `TrainingStopped`, whose message the CLI completes with the command that resumes.
+  and stops with `TrainingStopped`, whose message the CLI completes with the command that resumes;
+  under DDP every rank stops after the same step.
 - `StopOnNonFinite`: a loss or weights that are no longer finite stop training with
   `TrainingDiverged` before any checkpoint of that state is written.
 """
@@ -28,10 +29,18 @@ def checkpoint_folder(trainer: L.Trainer) -> Path:
 
 
 class StopOnSignal(Callback):
-    """SIGINT (Ctrl-C) and SIGTERM: finish the batch, save a checkpoint, stop.
+    """SIGINT (Ctrl-C) and SIGTERM: finish the batch, save last.ckpt, stop; under DDP every rank together.
 
-    A second signal stops at once; the newest checkpoint on disk is still complete, because
+    The launching process decides: after every training batch, every rank learns from rank 0
+    whether a stop was asked for (one small broadcast, only when there are several processes),
+    so all of them save and stop after the same step. `kill` reaches only the launching
+    process, and a terminal's Ctrl-C reaches every process of the run: either way rank 0's word
+    counts. A second signal stops at once; the newest checkpoint on disk is still whole, because
     checkpoints are written atomically (`SafeCheckpointIO`).
+
+    This replaces Lightning's SIGTERM handling during training (lightning 2.6.6): its handler
+    broadcasts from inside the signal handler, a collective that can meet another rank's gradient
+    all-reduce instead of its own broadcast, and its stop raises where no checkpoint is saved.
 
     Args:
         filename: File in the run's checkpoints folder that a stop on a signal writes.
@@ -45,7 +54,7 @@ class StopOnSignal(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Installed here, not in setup(): Lightning installs its own SIGTERM handler just before
-        # training, and its handler raises at points where no checkpoint is saved.
+        # training, and this one must come after it.
         self._signum = None
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
@@ -58,14 +67,16 @@ class StopOnSignal(Callback):
         self._signum = signum
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
-        if self._signum is None:
+        signum = trainer.strategy.broadcast(self._signum, src=0) if trainer.world_size > 1 else self._signum
+        if signum is None:
             return
         path = checkpoint_folder(trainer) / self.filename
-        trainer.save_checkpoint(path, weights_only=False)
+        trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank 0 writes
         raise TrainingStopped(
-            f"stopped by {signal.Signals(self._signum).name} in epoch {trainer.current_epoch + 1},"
+            f"stopped by {signal.Signals(signum).name} in epoch {trainer.current_epoch + 1},"
             f" after step {trainer.global_step}; saved {path}",
-            self._signum,
+            signum,
+            report=trainer.is_global_zero,
         )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

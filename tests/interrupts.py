@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import lightning as L
 
@@ -29,3 +30,20 @@ class SendSignal(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signum)
+
+
+class RecordStop(L.Callback):
+    """Announces (a file) when training reaches a step, and records the step each rank stopped at."""
+
+    def __init__(self, folder: str, announce_step: int = 5) -> None:
+        self.folder = Path(folder)
+        self.announce_step = announce_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.announce_step and trainer.global_rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "announced").touch()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{trainer.global_rank}").write_text(str(trainer.global_step))
