@@ -20,7 +20,7 @@ LAST = Path("runs/tiny/version_0/checkpoints/last.ckpt")
 
 def fit(cwd: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, "--trainer.accelerator", "cpu", *flags],
+        [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, *flags],
         cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
@@ -101,8 +101,10 @@ STOP_AT_STEP = 5
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_to_the_launching_process_stops_every_rank_at_one_step_and_resumes(tmp_path, signum):
+    # Dropout between two layers, so that each rank's random generators matter for the weights.
+    flags = [*DDP, "--data.batch_size", "32", "--model.num_layers", "2", "--model.dropout", "0.3"]
     args = [
-        sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, *DDP, "--data.batch_size", "32",
+        sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, *flags,
         "--trainer.callbacks+=tests.interrupts.Pace",
         "--trainer.callbacks+=tests.interrupts.RecordStop", f"--trainer.callbacks.folder={tmp_path / 'stops'}",
         f"--trainer.callbacks.announce_step={STOP_AT_STEP}",
@@ -136,7 +138,17 @@ def test_a_signal_to_the_launching_process_stops_every_rank_at_one_step_and_resu
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
-    assert read_checkpoint(tmp_path / LAST)["global_step"] == 2 * 20  # tiny.yaml: 2 epochs of 20 steps
+    final = read_checkpoint(tmp_path / LAST)
+    assert final["global_step"] == 2 * 20  # tiny.yaml: 2 epochs of 20 steps
+    if signum == signal.SIGTERM:
+        # The same run without the stop: the same weights mean every rank carried on with its own
+        # remaining batches and its own random generators.
+        (tmp_path / "uninterrupted").mkdir()
+        reference = fit(tmp_path / "uninterrupted", *flags)
+        assert reference.returncode == 0, reference.stderr[-3000:]
+        expected = read_checkpoint(tmp_path / "uninterrupted" / LAST)["state_dict"]
+        for name, tensor in expected.items():
+            assert torch.equal(final["state_dict"][name], tensor), name
 
 
 @pytest.mark.gpu
