@@ -67,17 +67,39 @@ def read_checkpoint(path: _PATH, map_location: Union[str, Callable, None] = "cpu
     return checkpoint
 
 
-def model_settings(checkpoint: dict[str, Any], path: _PATH, model_class: type) -> dict[str, Any]:
-    """The model settings a checkpoint was trained with; refused when model_class has no such settings."""
-    hparams = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+# What a checkpoint decides beyond its weights: every model setting, and the data settings that turn
+# an image into the model's input. A resumed fit also keeps those that define its run.
+PREPROCESSING = ("mean", "std")
+RUN_DATA = ("batch_size", "val_size", "split_seed", "max_shift", *PREPROCESSING)
+
+
+def saved_settings(checkpoint: dict[str, Any], path: _PATH, model_class: type, data_keys: tuple[str, ...]) -> dict:
+    """{"model": {...}, "data": {...}}: the settings a checkpoint was trained with.
+
+    Refused when model_class has no such model settings (a checkpoint of another model).
+    """
+    model = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     known = inspect.signature(model_class.__init__).parameters
-    unknown = sorted(set(hparams) - set(known))
+    unknown = sorted(set(model) - set(known))
     if unknown:
         raise CheckpointError(
             f"checkpoint {path} was made for a different model (settings {', '.join(unknown)} are unknown"
             " here); pass a checkpoint of this LSTM classifier"
         )
-    return hparams
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    return {"model": model, "data": {k: data[k] for k in data_keys if k in data and data[k] != "auto"}}
+
+
+def contradiction(given, defaults, saved: dict[str, dict[str, Any]]) -> Optional[tuple[str, Any, Any]]:
+    """The first setting the command gives explicitly (unlike its default) that differs from the saved
+    one: (name, saved value, given value). `auto` gives nothing: it means "whatever is known"."""
+    for section, values in saved.items():
+        for key, value in values.items():
+            mine, default = given[section].get(key), defaults[section].get(key)
+            if mine is None or mine == "auto" or mine == default or mine == value:
+                continue
+            return f"{section}.{key}", value, mine
+    return None
 
 
 def check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: _PATH) -> None:

@@ -94,32 +94,54 @@ class MnistRnnCLI(LightningCLI):
     # version reads the file unchecked (a damaged one ends in a stack trace) and knows nothing of
     # `last`. Same guard test as above.
     def _parse_ckpt_path(self) -> None:
-        """Resolve `--ckpt_path last`, refuse a bad checkpoint with a clear message, apply its model settings.
+        """Name fit's run; resolve `--ckpt_path last`, check the checkpoint, and apply its settings.
 
         Like Lightning's version, the checkpoint's model settings win over the config's, so the
-        model built fits the weights.
+        model built fits the weights; so do its normalization (and, for fit, the data settings of
+        its run). A setting the command gives explicitly that contradicts the checkpoint is refused.
         """
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
-        if not config or not config.get("ckpt_path"):
+        if not config:
             return
+        if subcommand == "fit":
+            resume.name_run(config)
+        if not config.get("ckpt_path"):
+            return
+        found_by_last = config.ckpt_path == resume.LAST
         path = resume.resolve(config.ckpt_path, resume.runs_folder(config))
         self.checkpoint = checkpoints.read_checkpoint(path)
         config.ckpt_path = str(path)
-        hparams = checkpoints.model_settings(self.checkpoint, path, RecurrentClassifier)
-        if hparams:
-            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        data_keys = checkpoints.RUN_DATA if subcommand == "fit" else checkpoints.PREPROCESSING
+        saved = checkpoints.saved_settings(self.checkpoint, path, RecurrentClassifier, data_keys)
+        # `last` must find this config's own run: its length must match too. An explicit checkpoint
+        # may go on for longer (a schedule built for another length is refused by resume.py).
+        checked = dict(saved, trainer=resume.saved_schedule(path) if found_by_last and subcommand == "fit" else {})
+        defaults = self.parser.parse_args([subcommand])[subcommand]  # what the command would be without its own settings
+        conflict = checkpoints.contradiction(config, defaults, checked)
+        if conflict is not None:
+            raise resume.mismatch_error(path, found_by_last, *conflict)
+        self.config = self.parser.parse_object({subcommand: saved}, self.config)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         if config.trainer.precision is None:
-            config.trainer.precision = auto_precision(config.trainer.accelerator, config.data.batch_size)
+            config.trainer.precision = self._precision(config)
         torch.set_num_threads(config.threads or auto_threads(config.data.batch_size))
         if self.subcommand != "fit":
             # Evaluating a checkpoint prints its results; it does not open a new run folder.
             config.trainer.logger = False
         elif self.checkpoint is not None:
             resume.continue_run(config, self.checkpoint)
+
+    def _precision(self, config) -> str:
+        """A checkpoint is evaluated and resumed in the precision it was trained in; else the machine decides."""
+        checkpoint = self.checkpoint or {}
+        if checkpoint.get("precision"):
+            return str(checkpoint["precision"])
+        # Checkpoints from before the precision was saved: what training chose, from its batch size.
+        trained_batch = (checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", config.data.batch_size)
+        return auto_precision(config.trainer.accelerator, trained_batch, config.model.sequence)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -153,6 +175,27 @@ class _DropTips(logging.Filter):
         return "Tip:" not in record.getMessage()
 
 
+def bundled_configs(args: list[str]) -> list[str]:
+    """`-c seed` (or `-c seed.yaml`) names the bundled conf/seed.yaml when no such file is here,
+    so the configs work from an installed wheel as from a source checkout."""
+    def resolve(value: str) -> str:
+        if os.path.exists(value) or os.sep in value or "/" in value:
+            return value
+        bundled = config_file(value if value.endswith((".yaml", ".yml")) else f"{value}.yaml")
+        return bundled if os.path.isfile(bundled) else value
+
+    resolved, take_next = [], False
+    for arg in args:
+        if take_next:
+            arg, take_next = resolve(arg), False
+        elif arg in ("-c", "--config"):
+            take_next = True
+        elif arg.startswith("--config="):
+            arg = "--config=" + resolve(arg.removeprefix("--config="))
+        resolved.append(arg)
+    return resolved
+
+
 def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
     # A deprecation inside Lightning itself, not in this project.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
@@ -170,7 +213,7 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
                 "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn.cli`
                 **{sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
             },
-            args=args,
+            args=bundled_configs(sys.argv[1:] if args is None else list(args)),
         )
     finally:
         # Lightning leaves a DDP process group open when the run ends; left to interpreter

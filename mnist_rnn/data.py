@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
@@ -181,8 +181,8 @@ class MNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 0,
-        mean: float = MNIST_MEAN,
-        std: float = MNIST_STD,
+        mean: Union[float, Literal["auto"]] = "auto",
+        std: Union[float, Literal["auto"]] = "auto",
         predict_path: Optional[str] = None,
         max_shift: int = 0,
     ) -> None:
@@ -198,8 +198,11 @@ class MNISTDataModule(L.LightningDataModule):
             val_size: How many images of the official training set are held out for validation.
             split_seed: Seed of the train/validation draw, kept apart from the training seed so that
                 every run validates on the same images.
-            mean: Mean of the training pixels in [0, 1], subtracted before training.
-            std: Standard deviation of the training pixels in [0, 1], divided by before training.
+            mean: Mean of the training pixels in [0, 1], subtracted from every image. auto: MNIST's
+                (0.1307) for the embedded MNIST, else computed from the training split of data_dir
+                (and printed). Saved in every checkpoint, which test, validate and predict then use.
+            std: Standard deviation of the training pixels in [0, 1], each image is divided by it.
+                auto: as for mean (MNIST's is 0.3081).
             predict_path: What `predict` reads: an image file, a folder of images or a glob pattern
                 (quoted), in any format Pillow reads, any size, colour or grey, dark ink on light paper
                 or the reverse. Default: the official test set.
@@ -212,8 +215,8 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}"
             )
-        if std <= 0:
-            raise ConfigError(f"data.std must be positive, got {std}")
+        if std != "auto" and not std > 0:
+            raise ConfigError(f"data.std must be positive or auto, got {std}")
         if not 0 <= max_shift <= 8:
             raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
         self.save_hyperparameters()
@@ -256,15 +259,43 @@ class MNISTDataModule(L.LightningDataModule):
         images = normalize(images.to(device), self.hparams.mean, self.hparams.std)
         return InMemoryDataset(images, labels.to(device), names)
 
+    def _training_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The official training set and the seeded (train, validation) indices into it."""
+        images, labels = load_split("train", self._data_dir())
+        train_idx, val_idx = split_indices(len(labels), self.hparams.val_size, self.hparams.split_seed)
+        return images, labels, train_idx, val_idx
+
+    def _resolve_normalization(self, split=None) -> None:
+        """Replace `auto` by numbers, kept in hparams so that checkpoints carry them."""
+        if self.hparams.mean != "auto" and self.hparams.std != "auto":
+            return
+        if self.data_dir is None or self.hparams.download:  # the embedded or a downloaded MNIST
+            mean, std = MNIST_MEAN, MNIST_STD
+        else:
+            images, _, train_idx, _ = split if split is not None else self._training_split()
+            pixels = images[train_idx].double().div_(255.0)
+            mean, std = float(pixels.mean()), float(pixels.std())
+            source = f"computed from the training split of {self._data_dir()}"
+            if std <= 0:
+                raise DatasetError(f"the training images of {self._data_dir()} are all one shade; nothing to learn from")
+            if self.trainer is None or self.trainer.is_global_zero:
+                print(f"data: normalizing with mean {mean!r} and std {std!r}, {source}", flush=True)
+        if self.hparams.mean == "auto":
+            self.hparams.mean = mean
+        if self.hparams.std == "auto":
+            self.hparams.std = std
+
     def setup(self, stage: str) -> None:
         if stage in ("fit", "validate") and "train" not in self.datasets:
-            images, labels = load_split("train", self._data_dir())
-            train_idx, val_idx = split_indices(len(labels), self.hparams.val_size, self.hparams.split_seed)
+            split = self._training_split()
+            self._resolve_normalization(split)
+            images, labels, train_idx, val_idx = split
             self.datasets["train"] = self._dataset(images[train_idx], labels[train_idx])
             self.datasets["val"] = self._dataset(images[val_idx], labels[val_idx])
         user_images = self.hparams.predict_path is not None
         if (stage == "test" or (stage == "predict" and not user_images)) and "test" not in self.datasets:
             images, labels = load_split("test", self._data_dir())
+            self._resolve_normalization()  # after the test files, so that their problems are named first
             # The CSV's path column for the official test set: the image's index in it.
             self.datasets["test"] = self._dataset(images, labels, [f"test#{i}" for i in range(len(labels))])
         if stage == "predict" and not user_images:
@@ -272,6 +303,7 @@ class MNISTDataModule(L.LightningDataModule):
         elif stage == "predict" and "predict" not in self.datasets:
             # The user's own images, read once into memory like MNIST itself.
             digits = read_digits(self.hparams.predict_path)
+            self._resolve_normalization()
             self.skipped = digits.skipped
             labels = torch.full((len(digits.paths),), NO_LABEL, dtype=torch.int64)
             self.datasets["predict"] = self._dataset(digits.images, labels, digits.paths)

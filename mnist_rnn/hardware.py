@@ -23,15 +23,20 @@ def native_bf16_cpu() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def auto_precision(accelerator: Any, batch_size: int) -> str:
-    """bf16-mixed where the hardware computes bf16 natively and the step is bound by matrix work.
+def auto_precision(accelerator: Any, batch_size: int, sequence: str = "rows") -> str:
+    """bf16-mixed only where it was measured to lose nothing and to be computed natively; else 32-true.
 
-    Below batch 32 on a CPU a step is bound by per-op overhead, and autocast's casts make it
-    slower, not faster (measured: LSTM(50) at batch 10 ran 12% slower in bf16); fp32 there.
+    - Rows (28 steps) at batch 32 or more: bf16 on hardware that computes it natively (docs/precision.md
+      has the comparison over seeds). Below batch 32 on a CPU a step is bound by per-op overhead and
+      autocast's casts make it slower (measured: LSTM(50) at batch 10 ran 12% slower in bf16).
+    - Pixels and permuted pixels (784 steps): fp32, see docs/precision.md.
+    - GPUs: bf16 only where the GPU has it in hardware (not emulated, as on a T4 or V100).
     """
+    if sequence != "rows":
+        return "32-true"
     on_gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if on_gpu:
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
     if str(accelerator) in ("auto", "cpu") and batch_size >= 32:
         return "bf16-mixed" if native_bf16_cpu() else "32-true"
     return "32-true"

@@ -47,9 +47,9 @@ class RecurrentClassifier(L.LightningModule):
         forget_bias: float = 1.0,
         recurrent_init: Literal["default", "orthogonal", "identity"] = "default",
         optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam",
-        lr: float = 1e-3,
+        lr: float = 3e-3,
         weight_decay: float = 0.0,
-        scheduler: Literal["none", "onecycle", "cosine"] = "none",
+        scheduler: Literal["none", "onecycle", "cosine"] = "onecycle",
         warmup_pct: float = 0.3,
     ) -> None:
         """
@@ -185,6 +185,11 @@ class RecurrentClassifier(L.LightningModule):
         images, labels = batch
         probs = self(images).float().softmax(dim=1)
         return {"probs": probs, "labels": labels}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The precision the weights were trained in: test, validate, predict and a resumed fit use it.
+        if self._trainer is not None:
+            checkpoint["precision"] = str(self._trainer.precision)
 
     def on_train_start(self) -> None:
         check_schedule_length(self.trainer, self.hparams.scheduler)

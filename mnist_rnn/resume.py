@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback
 
 from mnist_rnn.errors import CheckpointError, ConfigError
@@ -75,6 +76,45 @@ def runs_folder(config) -> Optional[Path]:
     if not init_args or init_args.get("save_dir") is None or init_args.get("name") is None:
         return None
     return Path(init_args.save_dir) / init_args.name
+
+
+def name_run(config) -> None:
+    """A run is named after the config that made it, so `--ckpt_path last` finds that config's runs.
+
+    A logger name given in a config or a flag is kept; otherwise `-c FILE` names the run after the
+    last such file's stem (runs/<stem>/), and a plain `mnist-rnn fit` is runs/default/.
+    """
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not init_args or "name" not in init_args or init_args.get("name") is not None:
+        return
+    files = [str(f) for f in (config.get("config") or [])]
+    init_args.name = Path(files[-1]).stem if files else "default"
+
+
+def saved_schedule(checkpoint: Path) -> dict[str, Any]:
+    """The run length in the config.yaml saved beside a checkpoint's run, if there is one."""
+    saved = checkpoint.resolve().parent.parent / "config.yaml"
+    try:
+        trainer = (yaml.safe_load(saved.read_text()) or {}).get("trainer") or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+    return {k: trainer[k] for k in ("max_epochs", "max_steps") if k in trainer}
+
+
+def mismatch_error(path: Path, found_by_last: bool, setting: str, saved: Any, given: Any) -> CheckpointError:
+    """The one-line refusal of a checkpoint that another setting of this command contradicts."""
+    if found_by_last:
+        run = path.parent.parent
+        return CheckpointError(
+            f"--ckpt_path last found {run}, whose run has {setting} {saved!r} but this command sets {given!r};"
+            f" continue that run with its own config (mnist-rnn fit -c {run / 'config.yaml'} --ckpt_path last)"
+            " or start a new run without --ckpt_path"
+        )
+    return CheckpointError(
+        f"checkpoint {path} was trained with {setting} {saved!r} but this command sets {given!r};"
+        " leave that setting out (the checkpoint's is used) or pass a checkpoint trained with it"
+    )
 
 
 def resolve(ckpt_path: str, runs: Optional[Path]) -> Path:

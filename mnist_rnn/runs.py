@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any, Optional
 
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -37,13 +38,21 @@ class RunLogger(TensorBoardLogger):
             except OSError as err:
                 raise _unwritable(folder, err) from None
 
-
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         # What was logged up to a checkpoint reaches the disk with it (SummaryWriter otherwise keeps
         # up to two minutes in memory), so a run killed later and resumed from that checkpoint has
-        # no gap in its curves.
+        # no gap in its curves. The checkpoint's own step logs its scalars just after the checkpoint
+        # callbacks ran: those are flushed as soon as they come (log_metrics below).
         if self._experiment is not None:
+            self._experiment.flush()
+        self._flush_next = True
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        super().log_metrics(metrics, step)
+        if getattr(self, "_flush_next", False) and self._experiment is not None:
+            self._flush_next = False
             self._experiment.flush()
 
 

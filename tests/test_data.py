@@ -73,7 +73,12 @@ def test_data_dir_reads_idx_files(tmp_path, gz, layout):
     dm.setup("test")
     assert len(dm.datasets["train"]) == 250 and len(dm.datasets["val"]) == 50
     assert torch.equal(dm.datasets["test"].labels, written["t10k"][1])
-    assert torch.equal(dm.datasets["test"].images, normalize(written["t10k"][0]))
+    # data.mean/std auto: another dataset is normalized with its own training split's statistics.
+    train_idx, _ = split_indices(300, 50, seed=0)
+    train_pixels = written["train"][0][train_idx].double() / 255
+    assert dm.hparams.mean == pytest.approx(train_pixels.mean().item())
+    assert dm.hparams.std == pytest.approx(train_pixels.std().item())
+    assert torch.equal(dm.datasets["test"].images, normalize(written["t10k"][0], dm.hparams.mean, dm.hparams.std))
     images, labels = next(iter(dm.train_dataloader()))
     assert images.shape == (32, 28, 28) and labels.shape == (32,)
 
