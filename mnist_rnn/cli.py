@@ -8,6 +8,8 @@ to, and the messages that tell the user what happened.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import inspect
 import logging
 import os
@@ -295,9 +297,33 @@ def resume_command(args: list[str]) -> str:
     return shlex.join(["mnist-rnn", *kept, "--ckpt_path", checkpoints.LAST])
 
 
+# Commands outside Lightning's Trainer, each in its own module with add_arguments(parser) and run(args).
+OWN_COMMANDS = {"serve": "Serve a checkpoint's model to draw on in the browser, with a JSON API.",
+                "export": "Export a checkpoint's model to ONNX (and torch.export), checked against PyTorch."}
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for the commands outside LightningCLI, with the same one-line errors."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"mnist-rnn: error: {' '.join(message.split())} (options: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def run_own_command(name: str, args: list[str]) -> None:
+    module = importlib.import_module(f"mnist_rnn.{name}")  # imported only when used: FastAPI, ONNX
+    parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
+    module.add_arguments(parser)
+    module.run(parser.parse_args(args))
+
+
 def main(args: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        cli_main(args)
+        if argv and argv[0] in OWN_COMMANDS:
+            run_own_command(argv[0], argv[1:])
+        else:
+            cli_main(args)
     except MnistRnnError as err:
         if os.environ.get("MNIST_RNN_DEBUG"):
             raise

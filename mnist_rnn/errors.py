@@ -45,3 +45,11 @@ class TrainingStopped(MnistRnnError):
         super().__init__(message)
         # The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM.
         self.exit_code = 128 + signum
+
+
+class ServeError(MnistRnnError):
+    """`mnist-rnn serve` cannot start: its address is taken, not this machine's, or not allowed."""
+
+
+class ExportError(MnistRnnError):
+    """`mnist-rnn export` cannot write its file, or the exported model disagrees with PyTorch."""
