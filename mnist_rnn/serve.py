@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port must lie in 0..65535, got {args.port}")
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max_upload_mb must be positive, got {args.max_upload_mb}")
-    torch.set_num_threads(1)
     loaded = load_model(args.ckpt_path)
     sock = listening_socket(args.host, args.port)
+    torch.set_num_threads(1)  # per request; see the module's docstring
     app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 1_000_000))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     print(f"mnist-rnn serve: {loaded.path} at {address(sock)}  (Ctrl-C stops)", flush=True)

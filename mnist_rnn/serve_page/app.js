@@ -253,7 +253,7 @@ function showSteps(reply) {
   } else if (info.first_led === info.held_from) {
     lead.innerHTML = `<span class="mark">${reply.prediction}</span> took the lead at <span class="mark">${where(info.first_led)}</span> and kept it.`;
   } else {
-    lead.innerHTML = `<span class="mark">${reply.prediction}</span> first led at <span class="mark">${where(info.first_led)}</span>, and for good from ${where(info.held_from)}.`;
+    lead.innerHTML = `<span class="mark">${reply.prediction}</span> first led at <span class="mark">${where(info.first_led)}</span>; it held the lead from ${where(info.held_from)} to the end.`;
   }
 }
 
