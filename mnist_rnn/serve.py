@@ -21,18 +21,19 @@ concurrent requests keep the cores busy instead.
 from __future__ import annotations
 
 import argparse
+import os
 import errno
 import signal
 import socket
 from pathlib import Path
 from typing import Any
 
+import anyio
 import torch
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from mnist_rnn.errors import ConfigError, PredictInputError, ServeError
@@ -203,6 +204,9 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = 10_000_000) -> FastA
     app = FastAPI(title="mnist-rnn", description="Draw a digit; see how the recurrent model reads it.", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
     info = model_info(loaded)
+    # Decoding and inference run in at most one thread per core, the requests waiting their turn in
+    # arrival order: more threads than cores only fight over the cores and the GIL.
+    workers = anyio.CapacityLimiter(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -222,7 +226,7 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = 10_000_000) -> FastA
         if not data:
             raise HTTPException(400, "empty upload; send an image file as the body or as the form field `file`")
         try:
-            reply = await run_in_threadpool(_answer_bytes, loaded, data)
+            reply = await anyio.to_thread.run_sync(_answer_bytes, loaded, data, limiter=workers)
         except PredictInputError as err:
             raise HTTPException(400, f"not a readable image: {err}") from None
         return JSONResponse(reply)
