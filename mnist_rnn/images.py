@@ -133,11 +133,13 @@ def to_mnist_digit(image: Image.Image) -> torch.Tensor:
     return pil_to_tensor(canvas)[0]
 
 
-def read_digit(source: Union[Path, bytes]) -> torch.Tensor:
+def read_digit(source: Union[str, Path, bytes]) -> torch.Tensor:
     """Read one image (its first frame), a file or its bytes, as an MNIST digit; PredictInputError says why it cannot be.
 
     `mnist-rnn predict` passes files, `mnist-rnn serve` the bytes of an upload: both take this path.
     """
+    if not isinstance(source, bytes):
+        source = Path(source)
     try:
         size = len(source) if isinstance(source, bytes) else source.stat().st_size
         if size == 0:
