@@ -277,6 +277,8 @@ def _build_and_run(args: Optional[list[str]]) -> MnistRnnCLI:
         # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
         parser_kwargs={
             "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn.cli`
+            "epilog": "Other commands: serve (draw a digit in the browser; a JSON API) and export (to ONNX and"
+            " torch.export); see mnist-rnn serve --help and mnist-rnn export --help.",
             **{sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
         },
         args=args,
