@@ -9,20 +9,20 @@ once and answers:
   28x28 image the model saw;
 - `GET /model`: the checkpoint's model settings and training state; `GET /health`.
 
-Concurrency: requests run at once in uvicorn's event loop, and their decoding and inference in
-Starlette's thread pool. Nothing is shared between requests but the model, which only reads its
-weights: every request has its own tensors, inference runs under `torch.inference_mode` (a
-per-thread switch), and the one forward that writes (nn.LSTM caching its flat weights after
-they were loaded) has run once at load time. So no lock is needed and answers cannot mix.
-Torch uses one thread per request: a single image is bound by per-operation overhead, and
-concurrent requests keep the cores busy instead.
+Concurrency: requests are received at once in uvicorn's event loop; their decoding and inference
+run in worker threads, at most one per core, taken in arrival order. Nothing is shared between
+requests but the model, which only reads its weights: every request has its own tensors,
+inference runs under `torch.inference_mode` (a per-thread switch), and the one forward that
+writes (nn.LSTM caching its flat weights after they were loaded) has run once at load time. So
+no lock is needed and answers cannot mix. Torch uses one thread per request: a single image is
+bound by per-operation overhead, and concurrent requests keep the cores busy instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import errno
+import os
 import signal
 import socket
 from pathlib import Path
@@ -102,7 +102,6 @@ def listening_socket(host: str, port: int) -> socket.socket:
         if err.errno == errno.EADDRNOTAVAIL:
             raise ServeError(f"--host {host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface") from None
         raise ServeError(f"cannot listen on {host}:{port} ({err.strerror or err}); pass another --host or --port") from None
-    sock.set_inheritable(True)
     return sock
 
 
