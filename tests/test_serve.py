@@ -293,7 +293,9 @@ def test_what_the_page_is_told_for_other_kinds_of_model(tmp_path, test_digits, s
     assert client.get("/static/app.js").status_code == 200
 
 
-def test_bad_start_settings_are_one_line_errors(capsys, tmp_path):
+def test_bad_start_settings_are_one_line_errors(capsys, tmp_path, trained_ckpt):
+    message = cli_error(capsys, "serve", "--ckpt_path", str(trained_ckpt), "--host", "192.0.2.1")  # TEST-NET-1
+    assert message == "--host 192.0.2.1 is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface"
     assert "checkpoint nope.ckpt does not exist" in cli_error(capsys, "serve", "--ckpt_path", "nope.ckpt")
     assert "--port must lie in 0..65535" in cli_error(capsys, "serve", "--ckpt_path", "x", "--port", "70000")
     assert "--max_upload_mb must be positive" in cli_error(capsys, "serve", "--ckpt_path", "x", "--max_upload_mb", "0")
