@@ -130,7 +130,9 @@ def describe(loaded: LoadedModel, digit: torch.Tensor) -> dict[str, Any]:
     if int(digit.max()) == 0:
         return {
             "prediction": None, "confidence": None, "probabilities": None, "per_step": None,
-            "per_step_view": {"unit": view.unit, "steps": view.steps, "note": view.note},
+            "per_step_view": {
+                "unit": view.unit, "steps": view.steps, "note": view.note, "first_led": None, "held_from": None,
+            },
             "nothing_drawn": True, "message": NOTHING_DRAWN, **reply,
         }
     probs, per_step = answer(loaded, digit.unsqueeze(0))

@@ -137,6 +137,7 @@ def test_drawing_and_uploading_in_the_browser(server, browser, trained_ckpt, tes
         assert sum(row) == pytest.approx(1.0, abs=1e-5)
     assert max(range(10), key=strip[-1].__getitem__) == 7  # after the last row: the final answer
     assert re.fullmatch(r"7 (took the lead|first led) at row \d+.*", page.locator("#lead").text_content())
+    page.wait_for_timeout(300)  # the bars grow in 0.25 s
     page.screenshot(path=tmp_path / "drawn.png", full_page=True)
 
     # A test digit saved as PNG, chosen as a file: the page shows what `mnist-rnn predict` says of that file.
@@ -146,7 +147,9 @@ def test_drawing_and_uploading_in_the_browser(server, browser, trained_ckpt, tes
     as_paper(test_digits[0][0]).save(digit_file)
     page.click("#clear")
     assert page.locator("#prediction").text_content() == "?"
-    page.set_input_files("#file", str(digit_file))
+    with page.expect_file_chooser() as chooser:
+        page.click("#choose")
+    chooser.value.set_files(str(digit_file))
     page.wait_for_function("document.querySelector('#prediction').textContent !== '?'")
     status, _, _ = run_main(
         "predict", "--ckpt_path", str(trained_ckpt), "--data.predict_path", str(digit_file),
@@ -161,6 +164,7 @@ def test_drawing_and_uploading_in_the_browser(server, browser, trained_ckpt, tes
     assert page.locator("#confidence").text_content() == f"{100 * top:.1f}% sure"
     assert len(shown_strip(page)) == 28
     assert "test_digit_0.png" in page.locator("#hint").text_content()
+    page.wait_for_timeout(300)  # the bars grow in 0.25 s
     page.screenshot(path=tmp_path / "uploaded.png", full_page=True)
     assert (tmp_path / "uploaded.png").stat().st_size > 10_000  # a rendered page, not an empty image
 

@@ -94,6 +94,7 @@ function upload(file) {
   form.append("file", file, file.name);
   predict(form, file.name);
 }
+$("choose").addEventListener("click", () => $("file").click());
 $("file").addEventListener("change", (event) => { upload(event.target.files[0]); event.target.value = ""; });
 const zone = $("drop-zone");
 zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("dragging"); });
