@@ -9,6 +9,8 @@ errors with the shell's exit codes.
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import logging
 import os
 import signal
@@ -211,6 +213,8 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
             # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
             parser_kwargs={
                 "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn.cli`
+                "epilog": "Other commands: serve (draw a digit in the browser; a JSON API) and export (to ONNX and"
+                " torch.export); see mnist-rnn serve --help and mnist-rnn export --help.",
                 **{sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
             },
             args=bundled_configs(sys.argv[1:] if args is None else list(args)),
@@ -223,9 +227,35 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
             torch.distributed.destroy_process_group()
 
 
+# Commands outside Lightning's Trainer, each in its own module with add_arguments(parser) and run(args).
+OWN_COMMANDS = {
+    "serve": "Serve a checkpoint's model to draw on in the browser, with a JSON API.",
+    "export": "Export a checkpoint's model to ONNX (and torch.export), checked against PyTorch.",
+}
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for the commands outside LightningCLI, with the same one-line errors."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"mnist-rnn: error: {' '.join(message.split())} (options: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def run_own_command(name: str, args: list[str]) -> None:
+    module = importlib.import_module(f"mnist_rnn.{name}")  # imported only when used: FastAPI, ONNX
+    parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
+    module.add_arguments(parser)
+    module.run(parser.parse_args(args))
+
+
 def main(args: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
     try:
-        cli_main(args)
+        if argv and argv[0] in OWN_COMMANDS:
+            run_own_command(argv[0], argv[1:])
+        else:
+            cli_main(args)
     except MnistRnnError as err:
         if os.environ.get("MNIST_RNN_DEBUG"):
             raise

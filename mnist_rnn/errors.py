@@ -48,3 +48,11 @@ class TrainingStopped(MnistRnnError):
         self.exit_code = 128 + signum
         # Under DDP every rank stops; only the launching one tells the user.
         self.report = report
+
+
+class ServeError(MnistRnnError):
+    """`mnist-rnn serve` cannot start: its address is taken, not this machine's, or not allowed."""
+
+
+class ExportError(MnistRnnError):
+    """`mnist-rnn export` cannot write its file, or the exported model disagrees with PyTorch."""

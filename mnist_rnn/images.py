@@ -12,9 +12,11 @@ safely, is reported with the reason and skipped; the others are still predicted.
 from __future__ import annotations
 
 import glob
+import io
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -131,16 +133,22 @@ def to_mnist_digit(image: Image.Image) -> torch.Tensor:
     return pil_to_tensor(canvas)[0]
 
 
-def read_digit(path: Path) -> torch.Tensor:
-    """Read one image file (its first frame) as an MNIST digit; PredictInputError says why it cannot be."""
+def read_digit(source: Union[str, Path, bytes]) -> torch.Tensor:
+    """Read one image (its first frame), a file or its bytes, as an MNIST digit; PredictInputError says why it cannot be.
+
+    `mnist-rnn predict` passes files, `mnist-rnn serve` the bytes of an upload: both take this path.
+    """
+    if not isinstance(source, bytes):
+        source = Path(source)
     try:
-        if path.stat().st_size == 0:
+        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        if size == 0:
             raise PredictInputError("empty file (0 bytes)")
         # Pillow warns above Image.MAX_IMAGE_PIXELS (about 89 million) and refuses above twice that;
         # both are refused here: decoding such a picture would take gigabytes for one digit.
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 # Animated GIFs and multi-page TIFFs open on their first frame, which is the one read.
                 image.draft("L", (WORKING_SIDE, WORKING_SIDE))  # JPEG: decode at a reduced scale
                 image.load()

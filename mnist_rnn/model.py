@@ -130,6 +130,10 @@ class RecurrentClassifier(L.LightningModule):
         """Logits (batch, 10) for normalized images (batch, 28, 28)."""
         return self.net(images)
 
+    def per_step_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, steps, 10) after every time step: see `RecurrentNet.per_step_logits`."""
+        return self.net.per_step_logits(images)
+
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]):
         """The work shared by training, validation and test: logits, loss and predictions."""
         images, labels = batch

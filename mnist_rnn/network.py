@@ -84,7 +84,8 @@ class RecurrentNet(nn.Module):
         """(batch, 28, 28) images -> (batch, steps, features) sequences as configured."""
         if self.sequence == "rows":
             return images
-        pixels = images.reshape(len(images), IMAGE_SIDE * IMAGE_SIDE, 1)
+        # flatten, not reshape(len(images), ...): len() would fix the batch size in an exported graph
+        pixels = images.flatten(1).unsqueeze(-1)
         if self.sequence == "permuted":
             pixels = pixels[:, self.permutation]
         return pixels
@@ -101,3 +102,15 @@ class RecurrentNet(nn.Module):
         else:
             features = h_n[-1]
         return self.head(features)
+
+    def per_step_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits (batch, steps, 10) of the head applied to the top layer's output after every time step.
+
+        For a model reading in one direction, step t is the answer it would give had the sequence
+        stopped there (after row t+1 with sequence=rows), and the last step is forward()'s answer.
+        A bidirectional model's output at step t also holds the backward pass over steps t..end,
+        so only its last step's forward half and first step's backward half are complete states:
+        its per-step logits are not a running answer.
+        """
+        output, _ = self.rnn(self.to_sequence(images))
+        return self.head(output)
