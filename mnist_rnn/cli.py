@@ -191,6 +191,10 @@ class MnistRnnCLI(LightningCLI):
         has_bar = any(isinstance(c, ProgressBar) for c in list(configured) + list(callbacks))
         if config.get("enable_progress_bar", True) is not False and not has_bar:
             callbacks = [*callbacks, default_progress_bar()]
+        if os.environ.get("MNIST_RNN_SWEEP"):  # a trial of `mnist-rnn sweep`: report back to it (not saved in config.yaml)
+            from mnist_rnn.sweep import trial_callbacks
+
+            callbacks = [*callbacks, *trial_callbacks()]
         return super()._instantiate_trainer(config, callbacks)
 
     def after_fit(self) -> None:
@@ -296,7 +300,13 @@ def resume_command(args: list[str]) -> str:
 
 
 def main(args: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["sweep"]:  # not a LightningCLI subcommand: many fits, see mnist_rnn/sweep.py
+            from mnist_rnn.sweep import sweep_main
+
+            sweep_main(argv[1:])
+            return
         cli_main(args)
     except MnistRnnError as err:
         if os.environ.get("MNIST_RNN_DEBUG"):
