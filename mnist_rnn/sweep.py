@@ -798,11 +798,13 @@ class Sweep:
 
     def rows(self) -> list[dict]:
         rows = []
-        for trial in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        retried = {n for t in trials for n in RetryHeartbeatStaleTrialCallback.retry_history(t)}
+        for trial in trials:
             if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
                 continue
-            if trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted"):
-                continue  # carried on by its retry
+            if trial.state == TrialState.FAIL and (trial.user_attrs.get("interrupted") or trial.number in retried):
+                continue  # stopped, not broken: its retry carries it on
             for run in trial.user_attrs.get("runs") or [{}]:
                 row = {"trial": trial.number, "state": trial.state.name.lower()}
                 if self.spec.seeds is not None:
