@@ -34,6 +34,7 @@ import fcntl
 import io
 import json
 import logging
+import math
 import os
 import re
 import shlex
@@ -542,7 +543,8 @@ class Sweep:
         if not self.remote and not exists and self.resume:
             raise SweepError(f"--resume: no sweep to continue in {self.folder}/; start it without --resume")
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        if not self.remote:
+            self._lock()  # (a shared study needs no lock: Optuna hands out the trials)
         sampler: optuna.samplers.BaseSampler
         if spec.sampler == "random":
             sampler = optuna.samplers.RandomSampler(seed=spec.sampler_seed)
@@ -820,6 +822,8 @@ class Sweep:
                     "best_checkpoint": run.get("best_checkpoint"),
                 })
                 rows.append(row)
+        if self.seed_sweep:
+            rows.sort(key=lambda row: row["seed"] if row["seed"] is not None else math.inf)
         return rows
 
     def summarize(self, final: bool) -> int:
@@ -863,7 +867,8 @@ class Sweep:
             summary.update(best_checkpoint=top["best_checkpoint"], test_command=top["test_command"])
             self.say(f"best checkpoint: {top['best_checkpoint']}")
             self.say(f"test it: {top['test_command']}")
-        self.say(f"results: {csv_path}  (tensorboard --logdir {self.folder}: HPARAMS compares the trials)")
+        if rows:
+            self.say(f"results: {csv_path}  (tensorboard --logdir {self.folder}: HPARAMS compares the trials)")
         (self.folder / "summary.json").write_text(json.dumps(summary, indent=1))
         if final:
             left = self.spec.n_trials - self.done()

@@ -108,7 +108,7 @@ def hparams_of(run: Path) -> dict:
 
 
 def test_search_stays_in_its_space_and_reports_the_best_trial(tmp_path):
-    quick = {"trainer": {**QUICK["trainer"], "max_epochs": 2}}  # two epochs: something for the pruner to compare
+    quick = QUICK  # one epoch: the pruner compares the trials at epoch 0 (n_warmup_steps 0)
     search = {"n_trials": 4, "sampler_seed": 0, "params": SPACE, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 0}}
     sweep = write_sweep(tmp_path, "four", overrides=quick, search=search)
     status, out, err = run_main("sweep", "-c", str(sweep), "--parallel", "2", cwd=tmp_path)
