@@ -512,9 +512,14 @@ class Sweep:
         self.parallel = parallel
         self.out = out
         logger_args = config["trainer"]["logger"]["init_args"]
-        self.folder = Path(logger_args["save_dir"]) / spec.name
+        self.folder = Path(logger_args["save_dir"]) / spec.name  # as shown: relative to the working folder
+        # Every file is opened by its absolute path, and every child starts in this folder:
+        # jsonargparse changes the working folder while it reads a config file (the tests of
+        # best checkpoints, in this process), so a relative path is not safe in other threads.
+        self.home = Path.cwd()
+        self.disk = self.home / self.folder
         self.remote = storage_url is not None
-        self.storage_url = storage_url or f"sqlite:///{(self.folder / 'sweep.db').resolve()}"
+        self.storage_url = storage_url or f"sqlite:///{self.disk / 'sweep.db'}"
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         # N trials at once share the cores: cores // N threads each, never more threads than cores.
         self.threads = max(1, cores // parallel) if parallel > 1 else None
@@ -525,6 +530,9 @@ class Sweep:
         self.test_lock = threading.Lock()
         self.print_lock = threading.Lock()
         self.study: Optional[optuna.Study] = None
+        # What stopped trials: Optuna marks the trial failed and re-raises, except for the last
+        # trials of a parallel run, whose errors it drops; the sweep raises the first itself.
+        self.errors: list[BaseException] = []
 
     def say(self, text: str) -> None:
         with self.print_lock:
@@ -534,7 +542,7 @@ class Sweep:
 
     def open(self) -> None:
         spec = self.spec
-        exists = (self.folder / "sweep.db").is_file()
+        exists = (self.disk / "sweep.db").is_file()
         if not self.remote and exists and not self.resume:
             raise SweepError(
                 f"{self.folder}/ already holds the sweep {spec.name}; continue it with --resume, or give the"
@@ -542,7 +550,7 @@ class Sweep:
             )
         if not self.remote and not exists and self.resume:
             raise SweepError(f"--resume: no sweep to continue in {self.folder}/; start it without --resume")
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.disk.mkdir(parents=True, exist_ok=True)
         if not self.remote:
             self._lock()  # (a shared study needs no lock: Optuna hands out the trials)
         sampler: optuna.samplers.BaseSampler
@@ -572,14 +580,14 @@ class Sweep:
 
     def _lock(self) -> None:
         """One sweep process per sweep folder; then wait until every trial of an earlier, killed one has stopped."""
-        self._sweep_lock = os.open(self.folder / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        self._sweep_lock = os.open(self.disk / ".sweep.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self._sweep_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SweepError(
                 f"another mnist-rnn sweep is running on {self.folder}/; wait for it, or stop it (Ctrl-C) and --resume"
             ) from None
-        trials_lock = os.open(self.folder / ".trials.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        trials_lock = os.open(self.disk / ".trials.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(trials_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -639,6 +647,8 @@ class Sweep:
                 self.study.optimize(
                     self._objective, n_trials=remaining, n_jobs=self.parallel, catch=(), callbacks=callbacks
                 )
+            if self.errors:
+                raise self.errors[0]
         except SweepStopped:
             self.summarize(final=False)
             raise
@@ -659,6 +669,15 @@ class Sweep:
         self.say(f"stopping ({signal.Signals(signum).name}): running trials save a checkpoint; no new trial starts")
 
     def _objective(self, trial: optuna.Trial) -> float:
+        try:
+            return self._trial(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            self.errors.append(err)
+            raise
+
+    def _trial(self, trial: optuna.Trial) -> float:
         frozen = next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number)
         origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
         params = {p.name: p.suggest(trial) for p in self.spec.params}
@@ -697,7 +716,7 @@ class Sweep:
 
     def _run(self, trial: optuna.Trial, run_name: str, params: dict, seed: Optional[int], prune: bool) -> dict:
         """One run of a trial: its fit (see _fit), then the test of its best checkpoint."""
-        run_root = self.folder / run_name
+        run_root = self.disk / run_name
         run_root.mkdir(parents=True, exist_ok=True)
         report = run_root / "result.json"
         fit = json.loads(report.read_text()) if report.is_file() else None
@@ -740,11 +759,11 @@ class Sweep:
         if self.threads is not None:
             args.append(flag("threads", self.threads))
         args += [flag("trainer.logger.init_args.save_dir", str(self.folder)), flag("trainer.logger.init_args.name", run_root.name)]
-        if checkpoints.newest_checkpoint(run_root) is not None:
+        if checkpoints.newest_checkpoint(run_root) is not None:  # (fit resolves `last` the same way)
             args += ["--ckpt_path", checkpoints.LAST]
         settings = {
-            "report": str(report.resolve()),
-            "lock": str((self.folder / ".trials.lock").resolve()),
+            "report": str(report),
+            "lock": str(self.disk / ".trials.lock"),
             "sweep_pid": os.getpid(),
         }
         if prune:
@@ -762,7 +781,7 @@ class Sweep:
         with open(log, "a") as log_file:
             log_file.write(f"$ {shlex.join(command)}\n")
             log_file.flush()
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=self.home)
             self.running.add(process)
             try:
                 code = process.wait()
@@ -770,9 +789,10 @@ class Sweep:
                 self.running.discard(process)
         if code in STOPPED_CODES or (code != 0 and self.stopping is not None):
             trial.set_user_attr("interrupted", True)
-            raise SweepStopped(f"trial {trial.number} stopped ({run_root})", self.stopping or signal.SIGTERM)
+            raise SweepStopped(f"trial {trial.number} stopped", self.stopping or signal.SIGTERM)
         if code != 0:
-            raise TrialFailed(f"trial {trial.number} failed: fit exited with status {code}: {_last_error(log)} (log: {log})")
+            shown = self.folder / run_root.name / log.name
+            raise TrialFailed(f"trial {trial.number} failed: fit exited with status {code}: {_last_error(log)} (log: {shown})")
         return time.perf_counter() - started
 
     def _test(self, run_root: Path, fit: dict) -> float:
@@ -781,7 +801,7 @@ class Sweep:
 
         if not fit["best_checkpoint"]:
             raise TrialFailed(f"the run {fit['run']} saved no checkpoint to test; keep a ModelCheckpoint in the config")
-        args = ["test", "-c", str(Path(fit["run"]) / "config.yaml"), "--ckpt_path", fit["best_checkpoint"]]
+        args = ["test", "-c", str(self.home / fit["run"] / "config.yaml"), "--ckpt_path", str(self.home / fit["best_checkpoint"])]
         args += ["--trainer.devices=1", "--trainer.num_nodes=1", "--trainer.strategy=auto"]
         log = run_root / "test.log"
         with self.test_lock, open(log, "a") as log_file:
@@ -791,7 +811,7 @@ class Sweep:
                 with contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
                     cli = cli_main(args)
             except (MnistRnnError, SystemExit) as err:
-                raise TrialFailed(f"testing {fit['best_checkpoint']} failed: {err} (log: {log})") from None
+                raise TrialFailed(f"testing {fit['best_checkpoint']} failed: {err} (log: {self.folder / run_root.name / log.name})") from None
             finally:
                 logging.disable(logging.NOTSET)
             return float(cli.trainer.callback_metrics["test/acc"])
@@ -830,12 +850,12 @@ class Sweep:
         rows = self.rows()
         csv_path = self.folder / "results.csv"
         if rows:
-            temporary = csv_path.with_suffix(".tmp")
+            temporary = self.disk / "results.tmp"
             with open(temporary, "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
                 writer.writeheader()
                 writer.writerows(rows)
-            os.replace(temporary, csv_path)
+            os.replace(temporary, self.disk / csv_path.name)
         shown = [k for k in (rows[0] if rows else {}) if k not in ("run", "best_checkpoint")]
         if rows:
             widths = {k: max(len(k), *(len(_cell(k, r[k])) for r in rows)) for k in shown}
@@ -869,7 +889,7 @@ class Sweep:
             self.say(f"test it: {top['test_command']}")
         if rows:
             self.say(f"results: {csv_path}  (tensorboard --logdir {self.folder}: HPARAMS compares the trials)")
-        (self.folder / "summary.json").write_text(json.dumps(summary, indent=1))
+        (self.disk / "summary.json").write_text(json.dumps(summary, indent=1))
         if final:
             left = self.spec.n_trials - self.done()
             if left > 0 and not self.remote:
