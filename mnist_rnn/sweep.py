@@ -143,7 +143,8 @@ class Spec:
     def as_dict(self) -> dict:
         """What makes two runs of a sweep the same sweep (kept in the study, compared on --resume)."""
         return {
-            "base": [str(p.resolve()) for p in self.base],
+            # The base configs' text, not their paths: machines sharing a study install them in different places.
+            "base": [p.read_text() for p in self.base],
             "overrides": self.overrides,
             "seeds": self.seeds,
             "params": [vars(p) for p in self.params],
@@ -560,8 +561,7 @@ class Sweep:
             sampler = optuna.samplers.TPESampler(seed=spec.sampler_seed)
         pruner = _pruner(str(spec.path), spec.pruner) if spec.is_search else optuna.pruners.NopPruner()
         storage = _storage(self.storage_url, heartbeat=self.remote)
-        known = {s.study_name for s in optuna.get_all_study_summaries(storage)}
-        if spec.name in known:
+        if spec.name in optuna.get_all_study_names(storage):
             self.study = optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
             stored = self.study.user_attrs.get("spec")
             if stored != json.loads(json.dumps(spec.as_dict())):
@@ -631,7 +631,7 @@ class Sweep:
     def run(self) -> int:
         spec = self.spec
         remaining = spec.n_trials - self.done()
-        kind = f"{len(spec.seeds)} seeds" if self.seed_sweep else f"{spec.n_trials} trials, {spec.metric} {spec.direction[:3]}"
+        kind = f"{len(spec.seeds)} seeds" if self.seed_sweep else f"{spec.n_trials} trial(s), {spec.metric} {spec.direction[:3]}"
         at_once = f"{self.parallel} at a time, {self.threads} thread(s) each" if self.parallel > 1 else "one at a time"
         self.say(
             f"sweep {spec.name}: {kind}; {spec.n_trials - remaining} done, {max(remaining, 0)} to run, {at_once};"
@@ -871,6 +871,8 @@ class Sweep:
             stats = spread(tests)
             summary.update(best_trial=trial.number, best_params=trial.params, best_value=trial.value, **stats)
             what = f"{len(tests)} seeds" if self.seed_sweep else f"the best trial ({trial.number})"
+            if self.multi_seed:
+                what = f"the {len(tests)} seeds of {what}"
             if len(tests) > 1:
                 line = (
                     f"test/acc over {what}: {_percent(stats['test_acc_mean'])} ± {_percent(stats['test_acc_std'])}"
