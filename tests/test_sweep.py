@@ -47,7 +47,7 @@ def read_rows(csv_path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def test_accuracy(checkpoint: Path, n_images: int) -> float:
+def accuracy_on_test_images(checkpoint: Path, n_images: int) -> float:
     """The checkpoint's accuracy on the first n official test images, computed here without Lightning."""
     saved = read_checkpoint(checkpoint)
     model = LSTMClassifier(**{k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")})
@@ -59,7 +59,6 @@ def test_accuracy(checkpoint: Path, n_images: int) -> float:
     return (preds == labels[:n_images]).float().mean().item()
 
 
-test_accuracy.__test__ = False  # a helper, not a test
 
 
 def test_seed_sweep_runs_each_seed_and_reports_mean_and_std(tmp_path):
@@ -78,7 +77,7 @@ def test_seed_sweep_runs_each_seed_and_reports_mean_and_std(tmp_path):
         assert (run / "config.yaml").is_file()
         assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == int(row["seed"])
         # 2 test batches of the tiny config's 500 images: the first 1,000 test images.
-        own = test_accuracy(tmp_path / row["best_checkpoint"], 1000)
+        own = accuracy_on_test_images(tmp_path / row["best_checkpoint"], 1000)
         # The same 1,000 predictions counted twice: equal but for float32 rounding (a sample is 1e-3).
         assert float(row["test/acc"]) == pytest.approx(own, abs=1e-6)
         accuracies.append(own)
