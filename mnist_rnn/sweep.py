@@ -534,6 +534,7 @@ class Sweep:
         # What stopped trials: Optuna marks the trial failed and re-raises, except for the last
         # trials of a parallel run, whose errors it drops; the sweep raises the first itself.
         self.errors: list[BaseException] = []
+        self._sweep_lock: Optional[int] = None
 
     def say(self, text: str) -> None:
         with self.print_lock:
@@ -577,6 +578,12 @@ class Sweep:
             )
             self.study.set_user_attr("spec", spec.as_dict())
         self._requeue()
+
+    def close(self) -> None:
+        """Let go of the sweep folder (the lock goes with the process anyway; this is for callers that go on)."""
+        if self._sweep_lock is not None:
+            os.close(self._sweep_lock)
+            self._sweep_lock = None
 
     def _lock(self) -> None:
         """One sweep process per sweep folder; then wait until every trial of an earlier, killed one has stopped."""
@@ -983,8 +990,8 @@ def sweep_main(argv: list[str]) -> int:
     spec = load_spec(options.config)
     config = check_spec(spec)
     sweep = Sweep(spec, config, options.resume, options.parallel, options.storage, sys.stdout)
-    sweep.open()
     try:
+        sweep.open()
         return sweep.run()
     except SweepStopped as stop:
         extra = ("--parallel", str(options.parallel)) if options.parallel > 1 else ()
@@ -992,3 +999,5 @@ def sweep_main(argv: list[str]) -> int:
             extra += ("--storage", options.storage)
         print(f"mnist-rnn: sweep {spec.name} stopped; resume with: {resume_command(spec, extra)}", file=sys.stderr)
         raise SystemExit(stop.exit_code) from None
+    finally:
+        sweep.close()

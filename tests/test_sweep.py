@@ -179,9 +179,13 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     running.stdout.close()
     first_log = (folder / "seed_1" / "fit.log").read_text()
 
-    # Started again without --resume, it refuses to touch the sweep.
+    # Started again without --resume, it refuses to touch the sweep; so does a changed sweep file of the same name.
     status, _, err = run_main("sweep", "-c", str(sweep), cwd=tmp_path)
     assert status == 2 and "--resume" in err
+    changed = write_sweep(tmp_path / "runs", "killed", overrides=slow, seeds=3)
+    status, _, err = run_main("sweep", "-c", str(changed), "--resume", cwd=tmp_path)
+    assert status == 2 and "(seeds, n_trials changed)" in err, err
+    changed.unlink()
 
     status, out, err = run_main("sweep", "-c", str(sweep), "--resume", cwd=tmp_path)
     assert status == 0, err
