@@ -251,3 +251,17 @@ def test_packaged_sweep_files_are_valid(tmp_path):
     assert {p.name for p in search.params} == {"model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct"}
     for spec in (seeds, search):
         check_spec(spec)
+
+
+def test_workers_sharing_a_storage_url_share_one_study(tmp_path):
+    """Several machines run the same sweep file with one --storage URL; a worker that comes late finds the work done."""
+    sweep = write_sweep(tmp_path, "shared", overrides=QUICK, seeds=1)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"  # stands in for postgresql://... here
+    first, second = tmp_path / "machine1", tmp_path / "machine2"
+    first.mkdir(), second.mkdir()
+    status, out, err = run_main("sweep", "-c", str(sweep), "--storage", storage, cwd=first)
+    assert status == 0 and "0 done, 1 to run" in out, err
+    status, out, err = run_main("sweep", "-c", str(sweep), "--storage", storage, cwd=second)
+    assert status == 0 and "1 done, 0 to run" in out, err  # joined the study without --resume
+    assert not (second / "runs" / "shared" / "seed_1").exists()
+    assert "best checkpoint: runs/shared/seed_1/version_0/checkpoints/" in out  # the first machine's trial, reported by the second
