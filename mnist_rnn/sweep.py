@@ -13,8 +13,9 @@ Why child processes: a trial is then exactly a `fit` from the shell (its threads
 warnings filters, a DDP or GPU config launching its own processes as under `fit`, none of which
 a long-lived process keeps clean), trials can run side by side (--parallel), and a trial that
 crashes or is killed takes nothing else with it. The price is the start-up of each child (its
-imports: `python -c "import mnist_rnn.cli"` took 6.7 s on the busy 2-core machine). The test of a best checkpoint, a few seconds on one device, runs inside the
-sweep process instead, one at a time.
+imports: `python -c "import mnist_rnn.cli"` took 6.7 s on the busy 2-core machine). The test of
+a best checkpoint, a few seconds on one device, runs inside the sweep process instead, one at a
+time.
 
 The sweep's state is an Optuna study in SQLite (runs/<sweep>/sweep.db): seeds and search alike
 are trials of it, so a sweep stopped by Ctrl-C, SIGTERM or a kill continues with --resume: finished
@@ -711,7 +712,8 @@ class Sweep:
             results.append(result)
             trial.set_user_attr("runs", results)
             if result.get("pruned"):
-                self.say(f"trial {trial.number}: pruned after epoch {result['epochs']} ({self.spec.metric} {_cell(self.spec.metric, result['value'])})")
+                score = _cell(self.spec.metric, result["value"])
+                self.say(f"trial {trial.number}: pruned after epoch {result['epochs']} ({self.spec.metric} {score})")
                 raise optuna.TrialPruned()
         value = statistics.fmean(r["value"] for r in results)
         tests = [r["test/acc"] for r in results]
@@ -818,7 +820,8 @@ class Sweep:
                 with contextlib.redirect_stdout(log_file), contextlib.redirect_stderr(log_file):
                     cli = cli_main(args)
             except (MnistRnnError, SystemExit) as err:
-                raise TrialFailed(f"testing {fit['best_checkpoint']} failed: {err} (log: {self.folder / run_root.name / log.name})") from None
+                shown = self.folder / run_root.name / log.name
+                raise TrialFailed(f"testing {fit['best_checkpoint']} failed: {err} (log: {shown})") from None
             finally:
                 logging.disable(logging.NOTSET)
             return float(cli.trainer.callback_metrics["test/acc"])
@@ -892,7 +895,8 @@ class Sweep:
             if not self.seed_sweep:
                 settings = "  ".join(f"{k}={_number(v)}" for k, v in trial.params.items())
                 self.say(f"best trial: {trial.number}, {self.spec.metric} {_cell(self.spec.metric, trial.value)}: {settings}")
-            top = max(runs, key=lambda r: r["value"]) if self.spec.direction == "maximize" else min(runs, key=lambda r: r["value"])
+            best_of = max if self.spec.direction == "maximize" else min
+            top = best_of(runs, key=lambda run: run["value"])
             summary.update(best_checkpoint=top["best_checkpoint"], test_command=top["test_command"])
             self.say(f"best checkpoint: {top['best_checkpoint']}")
             self.say(f"test it: {top['test_command']}")
