@@ -155,10 +155,17 @@ class MnistRnnCLI(LightningCLI):
         trainer = self.config_init[self.subcommand].trainer
         configured = trainer.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
+        extra = []
         if trainer.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in configured
         ):
-            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [default_progress_bar()]}
+            extra.append(default_progress_bar())
+        if os.environ.get("MNIST_RNN_SWEEP"):  # a trial of `mnist-rnn sweep`: report back to it (not saved in config.yaml)
+            from mnist_rnn.sweep import trial_callbacks
+
+            extra.extend(trial_callbacks())
+        if extra:
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": extra}
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
@@ -252,7 +259,11 @@ def run_own_command(name: str, args: list[str]) -> None:
 def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv and argv[0] in OWN_COMMANDS:
+        if argv[:1] == ["sweep"]:  # not a LightningCLI subcommand: many fits, see mnist_rnn/sweep.py
+            from mnist_rnn.sweep import sweep_main
+
+            sweep_main(argv[1:])
+        elif argv and argv[0] in OWN_COMMANDS:
             run_own_command(argv[0], argv[1:])
         else:
             cli_main(args)

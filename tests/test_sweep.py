@@ -1,0 +1,268 @@
+"""`mnist-rnn sweep`: seed sweeps, Optuna searches, resuming a killed sweep, and bad sweep files."""
+
+import csv
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from mnist_rnn.checkpoints import read_checkpoint
+from mnist_rnn.data import normalize
+from mnist_rnn.mnist_files import load_split
+from mnist_rnn.model import LSTMClassifier
+from tests.conftest import TINY, run_main, subprocess_env
+
+# Trials of a few seconds: the tiny model, a handful of batches, fp32 (so that the test accuracy
+# computed here, in fp32, is the same number), no sanity check.
+QUICK = {
+    "trainer": {
+        "max_epochs": 1,
+        "limit_train_batches": 5,
+        "limit_val_batches": 1,
+        "limit_test_batches": 2,
+        "num_sanity_val_steps": 0,
+        "precision": "32-true",
+    }
+}
+
+
+def write_sweep(folder: Path, name: str, **content) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "base": TINY, **content}))
+    return path
+
+
+def read_rows(csv_path: Path) -> list[dict]:
+    with open(csv_path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def accuracy_on_test_images(checkpoint: Path, n_images: int) -> float:
+    """The checkpoint's accuracy on the first n official test images, computed here without Lightning."""
+    saved = read_checkpoint(checkpoint)
+    model = LSTMClassifier(**{k: v for k, v in saved["hyper_parameters"].items() if not k.startswith("_")})
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    images, labels = load_split("test")
+    with torch.no_grad():
+        preds = torch.cat([model(normalize(batch)).argmax(1) for batch in images[:n_images].split(500)])
+    return (preds == labels[:n_images]).float().mean().item()
+
+
+
+
+def test_seed_sweep_runs_each_seed_and_reports_mean_and_std(tmp_path):
+    sweep = write_sweep(tmp_path, "three", overrides=QUICK, seeds=3)
+    status, out, err = run_main("sweep", "-c", str(sweep), cwd=tmp_path)
+    assert status == 0, err
+
+    folder = tmp_path / "runs" / "three"
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == ["seed_1", "seed_2", "seed_3"]
+    rows = read_rows(folder / "results.csv")
+    assert [(r["trial"], r["state"], r["seed"]) for r in rows] == [(str(i), "complete", str(i + 1)) for i in range(3)]
+
+    accuracies = []
+    for row in rows:
+        run = tmp_path / row["run"]
+        assert (run / "config.yaml").is_file()
+        assert yaml.safe_load((run / "config.yaml").read_text())["seed_everything"] == int(row["seed"])
+        # 2 test batches of the tiny config's 500 images: the first 1,000 test images.
+        own = accuracy_on_test_images(tmp_path / row["best_checkpoint"], 1000)
+        # The same 1,000 predictions counted twice: equal but for float32 rounding (a sample is 1e-3).
+        assert float(row["test/acc"]) == pytest.approx(own, abs=1e-6)
+        accuracies.append(own)
+    assert len(set(accuracies)) > 1, "three seeds should not give three identical models"
+
+    summary = json.loads((folder / "summary.json").read_text())
+    # Statistics of the same three numbers: equal but for float rounding.
+    assert summary["test_acc_mean"] == pytest.approx(statistics.fmean(accuracies), abs=1e-6)
+    assert summary["test_acc_std"] == pytest.approx(statistics.stdev(accuracies), abs=1e-6)
+    assert (summary["test_acc_min"], summary["test_acc_max"]) == pytest.approx((min(accuracies), max(accuracies)))
+    shown = f"{100 * statistics.fmean(accuracies):.2f}% ± {100 * statistics.stdev(accuracies):.2f}%"
+    assert f"test/acc over 3 seeds: {shown}" in out
+    best = max(rows, key=lambda r: float(r["val/acc_best"]))
+    assert f"test it: mnist-rnn test -c {best['run']}/config.yaml --ckpt_path {best['best_checkpoint']}" in out
+
+
+SPACE = {
+    "model.lr": {"low": 0.001, "high": 0.03, "log": True},
+    "model.hidden_size": {"low": 8, "high": 24, "step": 8},
+    "data.batch_size": {"choices": [32, 64]},
+}
+
+
+def hparams_of(run: Path) -> dict:
+    """The HPARAMS tab's settings for one run, read from its TensorBoard events."""
+    content = EventAccumulator(str(run)).Reload().PluginTagToContent("hparams")
+    data = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    return {k: v.number_value for k, v in data.session_start_info.hparams.items()}
+
+
+def test_search_stays_in_its_space_and_reports_the_best_trial(tmp_path):
+    quick = QUICK  # one epoch: the pruner compares the trials at epoch 0 (n_warmup_steps 0)
+    search = {"n_trials": 4, "sampler_seed": 0, "params": SPACE, "pruner": {"n_startup_trials": 2, "n_warmup_steps": 0}}
+    sweep = write_sweep(tmp_path, "four", overrides=quick, search=search)
+    status, out, err = run_main("sweep", "-c", str(sweep), "--parallel", "2", cwd=tmp_path)
+    assert status == 0, err
+
+    folder = tmp_path / "runs" / "four"
+    rows = read_rows(folder / "results.csv")
+    assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    for row in rows:
+        lr, hidden, batch = float(row["model.lr"]), int(row["model.hidden_size"]), int(row["data.batch_size"])
+        assert 0.001 <= lr <= 0.03 and hidden in (8, 16, 24) and batch in (32, 64)
+        run = tmp_path / row["run"]
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert (config["model"]["lr"], config["model"]["hidden_size"], config["data"]["batch_size"]) == (lr, hidden, batch)
+        assert config["threads"] == threads  # two trials at once share the cores
+        # The HPARAMS tab shows each trial's own settings (TensorBoard keeps them as float64).
+        shown = hparams_of(run)
+        assert (shown["lr"], shown["hidden_size"], shown["batch_size"]) == pytest.approx((lr, hidden, batch))
+        if row["state"] == "complete":
+            assert 0 <= float(row["test/acc"]) <= 1
+        else:
+            assert row["state"] == "pruned" and row["test/acc"] == ""  # a pruned trial is not tested
+
+    complete = [r for r in rows if r["state"] == "complete"]
+    best = max(complete, key=lambda r: float(r["val/acc_best"]))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["best_trial"] == int(best["trial"])
+    assert summary["best_checkpoint"] == best["best_checkpoint"] and (tmp_path / best["best_checkpoint"]).is_file()
+    assert f"best trial: {best['trial']}, val/acc_best" in out
+    assert f"test it: mnist-rnn test -c {best['run']}/config.yaml --ckpt_path {best['best_checkpoint']}" in out
+
+    # A trial reruns as a plain fit from its config.yaml, in a new run folder next to the first.
+    status, _, err = run_main("fit", "-c", f"{best['run']}/config.yaml", "--trainer.max_epochs", "1", cwd=tmp_path)
+    assert status == 0, err
+    assert (tmp_path / best["run"]).parent.joinpath("version_1", "config.yaml").is_file()
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    # One slowed-down epoch of 40 steps per seed, with last.ckpt written every 0.2 s of training,
+    # so that the kill lands in the middle of the second seed's training.
+    slow = {
+        "trainer": {
+            **QUICK["trainer"],
+            "limit_train_batches": 40,
+            "callbacks+": [
+                {"class_path": "tests.interrupts.Pace", "init_args": {"seconds": 0.05}},
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"filename": "last", "train_time_interval": "0:00:00.2", "enable_version_counter": False},
+                },
+            ],
+        }
+    }
+    sweep = write_sweep(tmp_path, "killed", overrides=slow, seeds=2)
+    folder = tmp_path / "runs" / "killed"
+    second = folder / "seed_2" / "version_0" / "checkpoints" / "last.ckpt"
+    command = [sys.executable, "-m", "mnist_rnn.cli", "sweep", "-c", str(sweep)]
+    running = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 240  # a limit, not a measurement: the wait took about 25 s on the busy 2-core machine
+    while not second.exists():
+        assert running.poll() is None, running.stdout.read().decode()
+        assert time.monotonic() < deadline, "the second trial wrote no checkpoint in time"
+        time.sleep(0.05)
+    running.send_signal(signal.SIGKILL)  # the sweep itself: no handler runs
+    running.wait()
+    running.stdout.close()
+    first_log = (folder / "seed_1" / "fit.log").read_text()
+
+    # Started again without --resume, it refuses to touch the sweep; so does a changed sweep file of the same name.
+    status, _, err = run_main("sweep", "-c", str(sweep), cwd=tmp_path)
+    assert status == 2 and "--resume" in err
+    changed = write_sweep(tmp_path / "runs", "killed", overrides=slow, seeds=3)
+    status, _, err = run_main("sweep", "-c", str(changed), "--resume", cwd=tmp_path)
+    assert status == 2 and "(seeds, n_trials changed)" in err, err
+    changed.unlink()
+
+    status, out, err = run_main("sweep", "-c", str(sweep), "--resume", cwd=tmp_path)
+    assert status == 0, err
+    assert "1 done, 1 to run" in out
+    assert (folder / "seed_1" / "fit.log").read_text() == first_log  # the finished seed did not run again
+    second_log = (folder / "seed_2" / "fit.log").read_text()
+    attempts = [line for line in second_log.splitlines() if line.startswith("$ ")]
+    assert len(attempts) == 2 and attempts[1].endswith("--ckpt_path last")
+    assert re.search(r"resuming runs/killed/seed_2/version_0 from \S+ \(epoch 1, after step [1-9]", second_log)
+    assert sorted(p.name for p in (folder / "seed_2").glob("version_*")) == ["version_0"]
+    assert read_checkpoint(second)["global_step"] == 40  # the one run went on to the end
+
+    rows = read_rows(folder / "results.csv")
+    assert [(r["seed"], r["state"]) for r in rows] == [("1", "complete"), ("2", "complete")]
+
+
+@pytest.mark.parametrize(
+    "content, culprit",
+    [
+        ({"search": {"n_trials": 2, "params": {"model.lrr": {"low": 0.001, "high": 0.01}}}}, "model.lrr is not a fit option; did you mean model.lr?"),
+        ({"search": {"n_trials": 2, "params": {"trainer.max_epoch": {"low": 1, "high": 3}}}}, "trainer.max_epoch is not a fit option"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": {"low": 0.01, "high": 0.001}}}}, "model.lr is an empty range (low 0.01 >= high 0.001)"),
+        ({"search": {"n_trials": 2, "params": {"model.hidden_size": {"low": 16, "high": 16}}}}, "empty range"),
+        ({"search": {"n_trials": 2, "params": {"data.batch_size": {"choices": []}}}}, "data.batch_size.choices is empty"),
+        ({"search": {"n_trials": 2, "metric": "val/f1", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric val/f1 is not logged during fit"),
+        ({"search": {"n_trials": 2, "metric": "test/acc", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric test/acc is not logged during fit"),
+        ({"base": "no_such_config.yaml", "seeds": 2}, "base config no_such_config.yaml does not exist"),
+        ({"seeds": 2, "overrides": {"model": {"hidden_sise": 8}}}, "hidden_sise"),
+        ({"search": {"n_trials": 2, "params": {"model.hidden_size": {"low": 0.5, "high": 8.5}}}}, "model.hidden_size"),
+        ({"seeds": [1, 1]}, "seeds repeat a value"),
+        ({}, "give seeds:"),
+    ],
+)
+def test_bad_sweep_files_are_refused_before_any_trial(tmp_path, content, culprit):
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text(yaml.safe_dump({"base": TINY, **content}))
+    status, out, err = run_main("sweep", "-c", str(sweep), cwd=tmp_path)
+    assert status == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mnist-rnn: error: "), err
+    assert culprit in lines[0]
+    assert not (tmp_path / "runs").exists()  # refused before any trial started
+
+
+def test_a_missing_sweep_file_and_bad_options_are_one_line_errors(tmp_path):
+    for args, culprit in [
+        (["-c", "nowhere.yaml"], "sweep file nowhere.yaml not found"),
+        (["-c", TINY, "--parallel", "0"], "--parallel must be at least 1"),
+        (["--resume"], "-c/--config"),
+    ]:
+        status, _, err = run_main("sweep", *args, cwd=tmp_path)
+        lines = err.strip().splitlines()
+        assert status == 2 and len(lines) == 1 and lines[0].startswith("mnist-rnn: error: ") and culprit in lines[0], err
+
+
+def test_packaged_sweep_files_are_valid(tmp_path):
+    """conf/sweeps/*.yaml parse and check out against the fit parser (nothing is trained)."""
+    from mnist_rnn.sweep import check_spec, load_spec
+
+    seeds = load_spec("sweeps/seeds.yaml")  # found among the packaged configs, from any folder
+    assert seeds.seeds == [1, 2, 3, 4, 5] and not seeds.is_search
+    search = load_spec("sweeps/search.yaml")
+    assert {p.name for p in search.params} == {"model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct"}
+    for spec in (seeds, search):
+        check_spec(spec)
+
+
+def test_workers_sharing_a_storage_url_share_one_study(tmp_path):
+    """Several machines run the same sweep file with one --storage URL; a worker that comes late finds the work done."""
+    sweep = write_sweep(tmp_path, "shared", overrides=QUICK, seeds=1)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"  # stands in for postgresql://... here
+    first, second = tmp_path / "machine1", tmp_path / "machine2"
+    first.mkdir(), second.mkdir()
+    status, out, err = run_main("sweep", "-c", str(sweep), "--storage", storage, cwd=first)
+    assert status == 0 and "0 done, 1 to run" in out, err
+    status, out, err = run_main("sweep", "-c", str(sweep), "--storage", storage, cwd=second)
+    assert status == 0 and "1 done, 0 to run" in out, err  # joined the study without --resume
+    assert not (second / "runs" / "shared" / "seed_1").exists()
+    assert "best checkpoint: runs/shared/seed_1/version_0/checkpoints/" in out  # the first machine's trial, reported by the second
