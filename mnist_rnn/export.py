@@ -81,13 +81,8 @@ def run(args: argparse.Namespace) -> None:
     accuracy = float((reference.argmax(dim=1) == labels).float().mean())
 
     onnx_file = targets[0]
-    staged = staging_path(onnx_file)
-    try:
-        export_onnx(loaded, staged)
-        check(f"ONNX Runtime ({onnx_file.name})", onnx_runner(staged), images, reference)
-        place(staged, onnx_file, args.overwrite)
-    finally:
-        staged.unlink(missing_ok=True)
+    write_checked(onnx_file, lambda path: export_onnx(loaded, path), f"ONNX Runtime ({onnx_file.name})",
+                  onnx_runner, images, reference, args.overwrite)  # fmt: skip
     print(
         f"exported {loaded.path} to {onnx_file}\n"
         "  input  pixels: uint8 (batch, 28, 28), 0..255, white ink on black as in MNIST; normalization is inside\n"
@@ -96,15 +91,21 @@ def run(args: argparse.Namespace) -> None:
     )
     if args.pt2:
         pt2_file = targets[1]
-        staged = staging_path(pt2_file)
-        try:
-            export_pt2(loaded, staged)
-            check(f"torch.export ({pt2_file.name})", pt2_runner(staged), images, reference)
-            place(staged, pt2_file, args.overwrite)
-        finally:
-            staged.unlink(missing_ok=True)
+        write_checked(pt2_file, lambda path: export_pt2(loaded, path), f"torch.export ({pt2_file.name})",
+                      pt2_runner, images, reference, args.overwrite)  # fmt: skip
         print(f"exported {loaded.path} to {pt2_file} (torch.export program, same input and output)", flush=True)
     print(f"PyTorch's accuracy on these {len(labels):,} images: {accuracy:.4f}", flush=True)
+
+
+def write_checked(target: Path, export, what: str, runner, images, reference, overwrite: bool) -> None:
+    """Export under a hidden name, check the file against PyTorch, and only then give it its name."""
+    staged = staging_path(target)
+    try:
+        export(staged)
+        check(what, runner(staged), images, reference)
+        place(staged, target, overwrite)
+    finally:
+        staged.unlink(missing_ok=True)
 
 
 def check_target(target: Path, overwrite: bool) -> None:
