@@ -11,6 +11,7 @@ def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     results = json.loads(out.read_text())
     assert results["smoke"] is True
+    # Each figure was measured (a rate above zero), whatever this machine's speed.
     assert results["matmul_gflops"]["fp32"] > 0
     for name in ("default", "seed"):
         rates = results[name]["samples_per_s"]

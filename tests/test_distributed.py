@@ -118,7 +118,7 @@ def test_a_signal_to_the_launching_process_stops_every_rank_at_one_step_and_resu
     launcher.send_signal(signum)  # as `kill` does: to the launching process only
     sent = time.monotonic()
     out, err = launcher.communicate(timeout=60)
-    assert time.monotonic() - sent < 30, "the stop took longer than 30 s"
+    assert time.monotonic() - sent < 30, "the stop took longer than 30 s"  # the promise (issue 10); seen: a few s
     assert launcher.returncode == 128 + signum, err[-3000:]
 
     stopped_at = {p.name: int(p.read_text()) for p in (tmp_path / "stops").glob("rank*")}

@@ -65,10 +65,11 @@ def test_predict_own_digits_in_several_renderings(trained_ckpt, rendered, tmp_pa
     for how in RENDERINGS:
         mine = [row for row in rows if row[0].rsplit("/", 1)[1].startswith(how)]
         correct = sum(int(row[1]) == int(row[0].rsplit("_", 1)[1].split(".")[0]) for row in mine)
+        # These renderings scored 96.6-97.2% over 500 test digits each with a 95.9% model (docs/predict.md).
         assert correct / len(mine) >= 0.85, f"{how}: {correct}/{len(mine)} correct"
     for row in rows:
         probs = [float(p) for p in row[3:]]
-        assert sum(probs) == pytest.approx(1.0, abs=0.01)
+        assert sum(probs) == pytest.approx(1.0, abs=0.01)  # ten values rounded to 4 decimals in the CSV
         assert float(row[2]) == max(probs) and int(row[1]) == probs.index(max(probs))
 
 
@@ -111,9 +112,9 @@ def test_test_set_predict_reports_the_accuracy_of_test(trained_ckpt, tmp_path):
     assert header == [*COLUMNS, "label"]
     assert len(rows) == 10_000 and rows[0][0] == "test#0" and rows[0][-1] == "7"
     correct = sum(row[1] == row[-1] for row in rows)
-    assert correct / 10_000 == pytest.approx(test_acc, abs=1e-6)
+    assert correct / 10_000 == pytest.approx(test_acc, abs=1e-6)  # the same count: float32 rounding only
     assert f"accuracy: {test_acc:.4f} ({correct}/10000)" in stdout
-    assert test_acc > 0.9
+    assert test_acc > 0.9  # this fixture's model (LSTM 64, 400 batches) scores about 96% (docs/export.md)
 
 
 def test_default_output_never_overwrites(trained_ckpt, tmp_path):

@@ -58,6 +58,7 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_run(tmp_path):
     run.kill()  # SIGKILL: no handler runs, nothing is saved on the way out
     run.wait()
     killed_at = read_checkpoint(work / LAST)
+    # 40 steps an epoch (limit_train_batches): a step strictly inside epoch 0.
     assert killed_at["epoch"] == 0 and 0 < killed_at["global_step"] < 40, "the kill should land mid-epoch"
 
     resumed = subprocess.run(paced + ["--ckpt_path", "last"], cwd=work, env=subprocess_env(), capture_output=True, text=True)

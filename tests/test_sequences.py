@@ -88,4 +88,5 @@ def test_predict_on_image_files_reads_them_as_the_model_was_trained(tmp_path, se
     for path, p in zip(digits.paths, probs):
         row = rows[Path(path).name]
         assert int(row["prediction"]) == int(p.argmax())
-        assert float(row["p3"]) == pytest.approx(float(p[3]), abs=2e-3)
+        # The CSV rounds to 4 decimals; 784-step models train and predict in fp32 (hardware.auto_precision).
+        assert float(row["p3"]) == pytest.approx(float(p[3]), abs=1e-4)

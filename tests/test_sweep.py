@@ -87,7 +87,7 @@ def test_seed_sweep_runs_each_seed_and_reports_mean_and_std(tmp_path):
     summary = json.loads((folder / "summary.json").read_text())
     # Statistics of the same three numbers: equal but for float rounding.
     assert summary["test_acc_mean"] == pytest.approx(statistics.fmean(accuracies), abs=1e-6)
-    assert summary["test_acc_std"] == pytest.approx(statistics.stdev(accuracies), abs=1e-6)
+    assert summary["test_acc_std"] == pytest.approx(statistics.stdev(accuracies), abs=1e-6)  # same numbers
     assert (summary["test_acc_min"], summary["test_acc_max"]) == pytest.approx((min(accuracies), max(accuracies)))
     shown = f"{100 * statistics.fmean(accuracies):.2f}% ± {100 * statistics.stdev(accuracies):.2f}%"
     assert f"test/acc over 3 seeds: {shown}" in out
@@ -122,7 +122,7 @@ def test_search_stays_in_its_space_and_reports_the_best_trial(tmp_path):
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
     for row in rows:
         lr, hidden, batch = float(row["model.lr"]), int(row["model.hidden_size"]), int(row["data.batch_size"])
-        assert 0.001 <= lr <= 0.03 and hidden in (8, 16, 24) and batch in (32, 64)
+        assert 0.001 <= lr <= 0.03 and hidden in (8, 16, 24) and batch in (32, 64)  # the declared space
         run = tmp_path / row["run"]
         config = yaml.safe_load((run / "config.yaml").read_text())
         assert (config["model"]["lr"], config["model"]["hidden_size"], config["data"]["batch_size"]) == (lr, hidden, batch)
@@ -131,7 +131,7 @@ def test_search_stays_in_its_space_and_reports_the_best_trial(tmp_path):
         shown = hparams_of(run)
         assert (shown["lr"], shown["hidden_size"], shown["batch_size"]) == pytest.approx((lr, hidden, batch))
         if row["state"] == "complete":
-            assert 0 <= float(row["test/acc"]) <= 1
+            assert 0 <= float(row["test/acc"]) <= 1  # a pruned-or-not trial's score exists and is a fraction
         else:
             assert row["state"] == "pruned" and row["test/acc"] == ""  # a pruned trial is not tested
 
