@@ -220,8 +220,9 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
             # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
             parser_kwargs={
                 "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn.cli`
-                "epilog": "Other commands: serve (draw a digit in the browser; a JSON API) and export (to ONNX and"
-                " torch.export); see mnist-rnn serve --help and mnist-rnn export --help.",
+                "epilog": "Other commands: serve (draw a digit in the browser; a JSON API), export (to ONNX and"
+                " torch.export) and sweep (seeds and hyperparameter searches); see mnist-rnn serve --help,"
+                " mnist-rnn export --help and mnist-rnn sweep --help.",
                 **{sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
             },
             args=bundled_configs(sys.argv[1:] if args is None else list(args)),
