@@ -45,7 +45,7 @@ THREADS = (1, 2)  # each side is measured at both; the table shows each side's f
 # window of training steps timed without validation or checkpoints (warm-up, timed steps).
 CASES = {
     "default": {"config": "default.yaml", "hidden": 128, "batch": 128, "precisions": ("32-true", "bf16-mixed"),
-                "steady": (50, 300), "epochs": 2},
+                "steady": (50, 300), "epochs": 1},
     "seed": {"config": "seed.yaml", "hidden": 50, "batch": 10, "precisions": ("32-true",),
              "steady": (200, 1600), "epochs": None},
 }  # fmt: skip
@@ -120,9 +120,9 @@ class StepTimer(L.Callback):
         self.end = time.perf_counter()
 
     def epoch_rates(self) -> list[float]:
-        """samples/s of each whole epoch after the first (which holds the warm-up)."""
+        """samples/s of each whole epoch (the first one's warm-up steps included)."""
         ends = [*self.epoch_starts[1:], self.end]
-        return [n / (e - s) for s, e, n in zip(self.epoch_starts, ends, self.epoch_samples)][1:]
+        return [n / (e - s) for s, e, n in zip(self.epoch_starts, ends, self.epoch_samples)]
 
 
 def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[str]) -> tuple[StepTimer, "MnistRnnCLI"]:
@@ -265,14 +265,14 @@ def _child_fit(config: str, workdir: Path, flags: list[str]) -> tuple[float, flo
     return wall, peak_rss_mb, fit
 
 
-def full_fit(config: str, workdir: Path, flags: Optional[list[str]] = None) -> dict:
+def full_fit(config: str, workdir: Path, flags: Optional[list[str]] = None, test_flags: Optional[list[str]] = None) -> dict:
     """A whole `mnist-rnn fit` in a child process: wall time from start (start-up included), peak
-    memory, then the official test accuracy of its best checkpoint."""
+    memory, then the official test accuracy of its best checkpoint (tested with test_flags)."""
     flags = flags or []
     wall, peak_rss_mb, fit = _child_fit(config, workdir, flags)
     best = re.search(r"^best checkpoint: (.+)$", fit.stdout, re.M).group(1)
     test = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best, "--trainer.limit_test_batches", "1.0"],
+        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best, "--trainer.limit_test_batches", "1.0", *(test_flags or [])],
         cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
     )  # fmt: skip
     accuracy = float(re.search(r"test/acc\s+([0-9.]+)", test.stdout).group(1))
@@ -300,8 +300,8 @@ def time_to_99(configs: list[str], seeds: list[int], workdir: Path, flags: list[
 
 
 def peak_memory(configs: tuple[str, ...], workdir: Path, train_batches: int) -> dict:
-    """Peak resident memory of a short fit of each config in a child process: `train_batches`
-    training batches and 2 validation batches at the config's own batch sizes and precision."""
+    """Peak resident memory of a short fit of each config in a child process on the CPU:
+    `train_batches` training batches and 2 validation batches at the config's own batch sizes."""
     out = {}
     for config in configs:
         folder = workdir / f"memory-{Path(config).stem}"
@@ -311,6 +311,7 @@ def peak_memory(configs: tuple[str, ...], workdir: Path, train_batches: int) -> 
             "--trainer.limit_train_batches", str(train_batches), "--trainer.limit_val_batches", "2",
             "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1",
             "--trainer.num_sanity_val_steps", "0", "--threads", "1",
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1",  # gpu.yaml too: the host's memory
         ]  # fmt: skip
         _, peak, _ = _child_fit(config, folder, flags)
         out[config] = peak
@@ -457,9 +458,10 @@ columns (samples/s are medians over the repetitions; [n] = the thread count that
   project steady   mnist-rnn fit in this process, training steps only: a window of steps after warm-up
                    with no validation, dashboards or checkpoint writes in it (still the default logging,
                    metrics and callbacks on every step)
-  project epochs   mnist-rnn fit over whole epochs after the first: the wall time from one epoch's start
-                   to the next, so validation, dashboards and checkpoint writes count (seed: see the
-                   side-by-side row, whose runs are shorter than an epoch)
+  project epochs   mnist-rnn fit over one whole epoch (430 steps for the default model, warm-up included):
+                   the wall time from the epoch's start to the end of training, so its validation,
+                   dashboards and checkpoint writes count (seed: see the side-by-side rows below,
+                   whose runs are shorter than an epoch)
   hand-written     torchvision MNIST + per-sample ToTensor/Normalize + DataLoader + nn.LSTM/nn.Linear +
                    Adam, same precision (bf16: the forward pass under torch.autocast("cpu", bfloat16))
   ratio            project steady / hand-written, each at its own best thread count
@@ -547,7 +549,7 @@ def run_gpu() -> dict:
             steps = 150 if batch > 512 else 300
             timer, _ = project_fit({"config": config, "batch": batch}, 30, steps, workdir, gpu_flags)
             results[name] = {"batch": batch, "samples_per_s": steps * batch / timer.seconds,
-                             "full_fit": full_fit(config, workdir, gpu_flags)}  # fmt: skip
+                             "full_fit": full_fit(config, workdir, gpu_flags, gpu_flags)}  # fmt: skip
     return results
 
 

@@ -29,8 +29,8 @@ def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
             assert row["project_vs_handwritten"] == pytest.approx(
                 row["best"]["project"]["samples_per_s"] / row["best"]["handwritten"]["samples_per_s"]
             )
-    # The default model's whole-epoch rate (validation, dashboards and checkpoints included)
-    # comes from its second epoch; the seed model's runs are shorter than an epoch.
+    # The default model's whole-epoch rate (validation, dashboards and checkpoints included);
+    # the seed model's runs are shorter than an epoch.
     assert all(row["best"]["project_epochs"]["samples_per_s"] > 0 for row in default["rows"].values())
     assert "project_epochs" not in seed["rows"]["32-true"]["best"]
     assert default["inference_samples_per_s"] > 0 and default["predict_files_per_s"] > 0
