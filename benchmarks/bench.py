@@ -377,7 +377,7 @@ def throughput(name: str, case: dict, reps: int, smoke: bool, tmp: Path, raw_roo
                 workdir.mkdir()
                 timer, cli = project_fit(case, warmup, steps, workdir, [*extra, "--trainer.precision", precision, "--threads", str(t)])
                 runs["project"][t].append(steps * case["batch"] / timer.seconds)
-                if timer.epoch_rates():
+                if case.get("epochs"):  # whole epochs only: a max_steps run ends inside its first epoch
                     runs["project_epochs"][t].append(statistics.median(timer.epoch_rates()))
                 torch.set_num_threads(t)
                 runs["handwritten"][t].append(handwritten_reference(case, warmup, steps, raw_root, bf16))
