@@ -289,6 +289,8 @@ def time_to_99(configs: list[str], seeds: list[int], workdir: Path, flags: list[
             folder = workdir / f"{Path(config).stem}-seed{seed}"
             folder.mkdir(parents=True)
             runs.append({"seed": seed, **full_fit(config, folder, [f"--seed_everything={seed}", *flags])})
+            print(f"time99 {config} seed {seed}: {runs[-1]['fit_wall_s']:.1f} s, test accuracy {runs[-1]['test_acc']:.4f}",
+                  file=sys.stderr, flush=True)  # fmt: skip
         walls = [r["fit_wall_s"] for r in runs]
         out[config] = {
             "runs": runs,
@@ -344,12 +346,14 @@ def seed_side_by_side(workdir: Path, data_root: Path, short: int, long: int, rep
                    "--trainer.max_steps", str(n), *extra]  # fmt: skip
             walls[n], _ = _wall(cmd, folder, env)
         out["project"].append((long - short) * 10 / (walls[long] - walls[short]))
+        print(f"anchor repetition {rep}: mnist-rnn fit {out['project'][-1]:,.0f} samples/s", file=sys.stderr, flush=True)
         if anchor_python:
             walls = {}
             for n in (short, long):
                 walls[n], stdout = _wall([anchor_python, str(anchor_script), str(data_root), "--iters", str(n)], workdir)
                 out.setdefault("tf1_test_acc", json.loads(stdout.strip().splitlines()[-1])["test_acc"])
             out["tf1"].append((long - short) * 10 / (walls[long] - walls[short]))
+            print(f"anchor repetition {rep}: TF1 graph {out['tf1'][-1]:,.0f} samples/s", file=sys.stderr, flush=True)
     out["project_median"] = statistics.median(out["project"])
     if out["tf1"]:
         out["tf1_median"] = statistics.median(out["tf1"])
