@@ -1,11 +1,14 @@
 """The speed benchmark: `python -m benchmarks.bench` (add --smoke for a run of seconds).
 
-In one process, on the same data and model settings, it measures the project's real training
-path (`mnist-rnn fit` through LightningCLI, with the default logging, metrics, checkpoints and
-dashboards) against the usual hand-written script (torchvision's MNIST with per-sample
-ToTensor/Normalize, a DataLoader, nn.LSTM + nn.Linear, Adam) and against the machine's matrix
-multiply limit; then inference, peak memory and time to 99% test accuracy of a default fit.
-It prints a table and writes the same figures as JSON.
+Like for like, on the same data and model settings: the project's real training path
+(`mnist-rnn fit` through LightningCLI, with the default logging, metrics, checkpoints and
+dashboards) against the script people write by hand (torchvision's MNIST with per-sample
+ToTensor/Normalize, a DataLoader, nn.LSTM + nn.Linear, Adam) in the same precision (fp32 with
+fp32, bf16 with the hand-written loop under `torch.autocast`), each side at its best thread
+count; a bare in-memory loop as the floor of framework cost; the seed model against the seed
+notebook's own TF1 graph (with --anchor-python); time to 99% test accuracy of whole fits; peak
+memory of every config; the matrix-multiply peak, inference and predict on files.
+It prints a table that says what each column holds, and writes the same figures as JSON.
 """
 
 from __future__ import annotations
@@ -30,16 +33,25 @@ import torch
 from torch import nn
 
 from mnist_rnn.cli import MnistRnnCLI, cli_main, config_file
-from mnist_rnn.hardware import auto_precision, auto_threads, native_bf16_cpu
-from mnist_rnn.mnist_files import load_split
 from mnist_rnn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
-from mnist_rnn.mnist_files import EMBEDDED_DIR, IDX_FILES
+from mnist_rnn.hardware import native_bf16_cpu
+from mnist_rnn.mnist_files import EMBEDDED_DIR, IDX_FILES, load_split
 
-# The two models the issue tracks: the everyday config and the notebook's.
+REPO = Path(__file__).resolve().parent.parent
+SECTIONS = ("throughput", "anchor", "time99", "memory", "extras")
+THREADS = (1, 2)  # each side is measured at both; the table shows each side's faster one
+
+# The two models the issue tracks: the everyday config and the notebook's. `steady` is the
+# window of training steps timed without validation or checkpoints (warm-up, timed steps).
 CASES = {
-    "default": {"config": "default.yaml", "hidden": 128, "batch": 128},
-    "seed": {"config": "seed.yaml", "hidden": 50, "batch": 10},
-}
+    "default": {"config": "default.yaml", "hidden": 128, "batch": 128, "precisions": ("32-true", "bf16-mixed"),
+                "steady": (50, 300), "epochs": 1},
+    "seed": {"config": "seed.yaml", "hidden": 50, "batch": 10, "precisions": ("32-true",),
+             "steady": (200, 1600), "epochs": None},
+}  # fmt: skip
+
+# Every bundled config whose peak memory the benchmark checks (best.yaml is allowed more).
+MEMORY_CONFIGS = ("default.yaml", "default-v1.yaml", "seed.yaml", "tiny.yaml", "smnist.yaml", "pmnist.yaml", "gpu.yaml")
 
 
 def lstm_train_flop_per_sample(hidden: int, steps: int = 28, inputs: int = 28) -> float:
@@ -59,6 +71,11 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def load() -> list[float]:
+    """The 1, 5 and 15 minute load averages: how busy the shared machine was."""
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else []
+
+
 def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
     """Best observed torch.mm throughput for n x n matrices on the CPU."""
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
@@ -73,28 +90,48 @@ def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
 
 
 class StepTimer(L.Callback):
-    """Wall time of training steps [warmup, warmup + steps): steady state, start-up excluded."""
+    """Two clocks on a fit. Steady state: the wall time of training steps [warmup, warmup + steps),
+    start-up, validation and epoch-end work excluded (unless they fall inside the window). Whole
+    epochs: from each epoch's start to the next one's (or the end of training), so the epoch's
+    validation, dashboards and checkpoint writes count, with the samples the epoch trained on."""
 
     def __init__(self, warmup: int = 50, steps: int = 300) -> None:
         self.warmup, self.steps = warmup, steps
         self.start: Optional[float] = None
         self.seconds: Optional[float] = None
+        self.epoch_starts: list[float] = []
+        self.epoch_samples: list[int] = []
+        self.end: Optional[float] = None
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch_starts.append(time.perf_counter())
+        self.epoch_samples.append(0)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.warmup:
             self.start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.epoch_samples[-1] += len(batch[1])
         if trainer.global_step == self.warmup + self.steps and self.start is not None:
             self.seconds = time.perf_counter() - self.start
 
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.end = time.perf_counter()
 
-def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[str]) -> tuple[float, "MnistRnnCLI"]:
-    """samples/s of `mnist-rnn fit -c <config>` over steady-state steps, as a user runs it."""
+    def epoch_rates(self) -> list[float]:
+        """samples/s of each whole epoch (the first one's warm-up steps included)."""
+        ends = [*self.epoch_starts[1:], self.end]
+        return [n / (e - s) for s, e, n in zip(self.epoch_starts, ends, self.epoch_samples)]
+
+
+def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[str]) -> tuple[StepTimer, "MnistRnnCLI"]:
+    """`mnist-rnn fit -c <config>` in this process, as a user runs it, with the timer appended last."""
+    length = ["--trainer.max_epochs", str(case["epochs"])] if case.get("epochs") else ["--trainer.max_steps", str(warmup + steps + 1)]
     args = [
         "fit",
         "-c", config_file(case["config"]),
-        "--trainer.max_steps", str(warmup + steps + 1),
+        *length,
         "--trainer.callbacks+=benchmarks.bench.StepTimer",
         f"--trainer.callbacks.warmup={warmup}",
         f"--trainer.callbacks.steps={steps}",
@@ -109,13 +146,13 @@ def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[
     # The CLI imports the timer as benchmarks.bench.StepTimer, which is not __main__.StepTimer.
     from benchmarks.bench import StepTimer as ImportedStepTimer
 
-    timer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, ImportedStepTimer))
-    return steps * case["batch"] / timer.seconds, cli
+    return next(cb for cb in cli.trainer.callbacks if isinstance(cb, ImportedStepTimer)), cli
 
 
 def _step_loop(batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], hidden: int, warmup: int, steps: int,
                bf16: bool = False, fused: bool = False) -> float:
-    """Seconds for `steps` plain PyTorch training steps after `warmup` steps."""
+    """Seconds for `steps` plain PyTorch training steps after `warmup` steps. With bf16, the one
+    line a user adds: the forward pass under torch.autocast."""
     torch.manual_seed(0)
     rnn, head = nn.LSTM(28, hidden, batch_first=True), nn.Linear(hidden, 10)
     params = [*rnn.parameters(), *head.parameters()]
@@ -135,7 +172,7 @@ def _step_loop(batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], hidden:
     return time.perf_counter() - start
 
 
-def handwritten_reference(case: dict, warmup: int, steps: int, raw_root: Path) -> float:
+def handwritten_reference(case: dict, warmup: int, steps: int, raw_root: Path, bf16: bool) -> float:
     """samples/s of the script people write: torchvision MNIST, per-sample transforms, DataLoader."""
     from torchvision import datasets, transforms
 
@@ -150,7 +187,7 @@ def handwritten_reference(case: dict, warmup: int, steps: int, raw_root: Path) -
         images, labels = next(iterator)
         return images.squeeze(1), labels  # (B, 1, 28, 28) -> rows as time steps
 
-    return steps * case["batch"] / _step_loop(batches, case["hidden"], warmup, steps)
+    return steps * case["batch"] / _step_loop(batches, case["hidden"], warmup, steps, bf16=bf16)
 
 
 def bare_in_memory(case: dict, warmup: int, steps: int, images: torch.Tensor, labels: torch.Tensor, bf16: bool) -> float:
@@ -203,48 +240,183 @@ def predict_files_throughput(ckpt: Path, workdir: Path, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def full_default_fit(config: str, workdir: Path, flags: Optional[list[str]] = None) -> dict:
-    """A whole `mnist-rnn fit` in a child process: wall time, peak memory, then its test accuracy."""
+# A fit in a child process that reports its own peak resident memory, VmHWM, which starts
+# afresh at exec (ru_maxrss would not: it keeps the peak of the forked copy of this process).
+_FIT_AND_REPORT = (
+    "import re, sys\n"
+    "from mnist_rnn.cli import main\n"
+    "try:\n    main()\n"
+    "finally:\n"
+    "    status = open('/proc/self/status').read()\n"
+    "    print('peak_rss_kb', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
+)
+
+
+def _child_fit(config: str, workdir: Path, flags: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """(wall seconds from start, peak RSS in MB, the finished process) of `mnist-rnn fit -c config`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # The child reports its own peak resident memory, VmHWM, which starts afresh at exec.
-    # (ru_maxrss would not: it keeps the peak of the forked copy of this bigger process.)
-    fit_and_report = (
-        "import re, sys\n"
-        "from mnist_rnn.cli import main\n"
-        "try:\n    main()\n"
-        "finally:\n"
-        "    status = open('/proc/self/status').read()\n"
-        "    print('peak_rss_kb', re.search(r'VmHWM:\\s+(\\d+)', status).group(1), file=sys.stderr)\n"
-    )
-    command = [sys.executable, "-c", fit_and_report, "fit", "-c", config_file(config), *(flags or [])]
+    command = [sys.executable, "-c", _FIT_AND_REPORT, "fit", "-c", config_file(config), *flags]
     start = time.perf_counter()
     fit = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if fit.returncode != 0:
-        raise RuntimeError(f"fit failed:\n{fit.stderr[-2000:]}")
+        raise RuntimeError(f"fit -c {config} failed:\n{fit.stderr[-2000:]}")
     peak_rss_mb = int(re.search(r"^peak_rss_kb (\d+)$", fit.stderr, re.M).group(1)) / 1024
+    return wall, peak_rss_mb, fit
+
+
+def full_fit(config: str, workdir: Path, flags: Optional[list[str]] = None, test_flags: Optional[list[str]] = None) -> dict:
+    """A whole `mnist-rnn fit` in a child process: wall time from start (start-up included), peak
+    memory, then the official test accuracy of its best checkpoint (tested with test_flags)."""
+    flags = flags or []
+    wall, peak_rss_mb, fit = _child_fit(config, workdir, flags)
     best = re.search(r"^best checkpoint: (.+)$", fit.stdout, re.M).group(1)
     test = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best, "--trainer.limit_test_batches", "1.0", *(flags or [])],
-        cwd=workdir, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best, "--trainer.limit_test_batches", "1.0", *(test_flags or [])],
+        cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
     )  # fmt: skip
     accuracy = float(re.search(r"test/acc\s+([0-9.]+)", test.stdout).group(1))
-    return {"config": config, "fit_wall_s": wall, "peak_rss_mb": peak_rss_mb, "test_acc": accuracy}
+    return {"config": config, "flags": flags, "fit_wall_s": wall, "peak_rss_mb": peak_rss_mb, "test_acc": accuracy}
 
 
-def run(smoke: bool) -> dict:
-    warmup, steps = (2, 5) if smoke else (50, 300)
-    seed_steps = (5, 20) if smoke else (200, 2000)
+def time_to_99(configs: list[str], seeds: list[int], workdir: Path, flags: list[str]) -> dict:
+    """Whole fits of each config for each seed, one after the other: wall time to the end of the
+    fit and whether its best checkpoint reached 99.0% on the official test set."""
+    out: dict = {}
+    for config in configs:
+        runs = []
+        for seed in seeds:
+            folder = workdir / f"{Path(config).stem}-seed{seed}"
+            folder.mkdir(parents=True)
+            runs.append({"seed": seed, **full_fit(config, folder, [f"--seed_everything={seed}", *flags])})
+            print(f"time99 {config} seed {seed}: {runs[-1]['fit_wall_s']:.1f} s, test accuracy {runs[-1]['test_acc']:.4f}",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        walls = [r["fit_wall_s"] for r in runs]
+        out[config] = {
+            "runs": runs,
+            "median_wall_s": statistics.median(walls),
+            "all_reached_99": all(r["test_acc"] >= 0.99 for r in runs),
+            "min_test_acc": min(r["test_acc"] for r in runs),
+        }
+    return out
+
+
+def peak_memory(configs: tuple[str, ...], workdir: Path, train_batches: int) -> dict:
+    """Peak resident memory of a short fit of each config in a child process on the CPU:
+    `train_batches` training batches and 2 validation batches at the config's own batch sizes."""
+    out = {}
+    for config in configs:
+        folder = workdir / f"memory-{Path(config).stem}"
+        folder.mkdir(parents=True)
+        flags = [
+            "--trainer.max_epochs", "1", "--trainer.max_steps", "-1",
+            "--trainer.limit_train_batches", str(train_batches), "--trainer.limit_val_batches", "2",
+            "--trainer.val_check_interval", "1.0", "--trainer.check_val_every_n_epoch", "1",
+            "--trainer.num_sanity_val_steps", "0", "--threads", "1",
+            "--trainer.accelerator", "cpu", "--trainer.devices", "1",  # gpu.yaml too: the host's memory
+        ]  # fmt: skip
+        _, peak, _ = _child_fit(config, folder, flags)
+        out[config] = peak
+    return out
+
+
+def _wall(command: list[str], cwd: Path, env: Optional[dict] = None) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed:\n{done.stderr[-2000:]}")
+    return wall, done.stdout
+
+
+def seed_side_by_side(workdir: Path, data_root: Path, short: int, long: int, reps: int, extra: list[str],
+                      anchor_python: Optional[str], anchor_script: Path) -> dict:
+    """The seed model through a whole `mnist-rnn fit -c seed.yaml` child process, and (with
+    anchor_python) the seed notebook's TF1 graph, one after the other, `reps` times:
+    samples/s = (wall of `long` steps - wall of `short` steps) x 10 / (long - short), so start-up
+    cancels and everything a run does per step (validation, checkpoints, logging) counts."""
+    out: dict = {"steps": [short, long], "project": [], "tf1": []}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for rep in range(reps):
+        walls = {}
+        for n in (short, long):
+            folder = workdir / f"seed-{rep}-{n}"
+            folder.mkdir(parents=True)
+            cmd = [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", config_file("seed.yaml"),
+                   "--trainer.max_steps", str(n), *extra]  # fmt: skip
+            walls[n], _ = _wall(cmd, folder, env)
+        out["project"].append((long - short) * 10 / (walls[long] - walls[short]))
+        print(f"anchor repetition {rep}: mnist-rnn fit {out['project'][-1]:,.0f} samples/s", file=sys.stderr, flush=True)
+        if anchor_python:
+            walls = {}
+            for n in (short, long):
+                walls[n], stdout = _wall([anchor_python, str(anchor_script), str(data_root), "--iters", str(n)], workdir)
+                out.setdefault("tf1_test_acc", json.loads(stdout.strip().splitlines()[-1])["test_acc"])
+            out["tf1"].append((long - short) * 10 / (walls[long] - walls[short]))
+            print(f"anchor repetition {rep}: TF1 graph {out['tf1'][-1]:,.0f} samples/s", file=sys.stderr, flush=True)
+    out["project_median"] = statistics.median(out["project"])
+    if out["tf1"]:
+        out["tf1_median"] = statistics.median(out["tf1"])
+        # Ratios within each repetition, then their median: both sides saw the same load.
+        out["ratio_median"] = statistics.median(p / t for p, t in zip(out["project"], out["tf1"]))
+    return out
+
+
+def throughput(name: str, case: dict, reps: int, smoke: bool, tmp: Path, raw_root: Path,
+               images: torch.Tensor, labels: torch.Tensor, peak_gflops: dict) -> dict:
+    """The like-for-like rows of one model: for each precision, the project (steady state and
+    whole epochs), the hand-written loop and the bare loop, each at 1 and at 2 threads."""
+    warmup, steps = (2, 5) if smoke else case["steady"]
+    extra = ["--model.hidden_size", str(case["hidden"])]
+    if smoke:
+        extra += ["--trainer.limit_train_batches", "10", "--trainer.limit_val_batches", "2"]
+    rows: dict = {}
+    cli = workdir = None
+    for precision in case["precisions"]:
+        bf16 = precision == "bf16-mixed"
+        runs: dict = {k: {t: [] for t in THREADS} for k in ("project", "project_epochs", "handwritten", "bare")}
+        for rep in range(reps):
+            for t in THREADS:
+                workdir = tmp / f"{name}-{precision}-{t}-{rep}"
+                workdir.mkdir()
+                timer, cli = project_fit(case, warmup, steps, workdir, [*extra, "--trainer.precision", precision, "--threads", str(t)])
+                runs["project"][t].append(steps * case["batch"] / timer.seconds)
+                if case.get("epochs"):  # whole epochs only: a max_steps run ends inside its first epoch
+                    runs["project_epochs"][t].append(statistics.median(timer.epoch_rates()))
+                torch.set_num_threads(t)
+                runs["handwritten"][t].append(handwritten_reference(case, warmup, steps, raw_root, bf16))
+                runs["bare"][t].append(bare_in_memory(case, warmup, steps, images, labels, bf16))
+        medians = {k: {t: statistics.median(v) for t, v in by_t.items() if v} for k, by_t in runs.items()}
+        best = {k: max(m.items(), key=lambda item: item[1]) for k, m in medians.items() if m}  # (threads, samples/s)
+        flop = lstm_train_flop_per_sample(case["hidden"])
+        peak = peak_gflops.get("bf16" if bf16 else "fp32")
+        row = {
+            "precision": precision, "runs": runs, "medians": medians,
+            "best": {k: {"threads": t, "samples_per_s": r} for k, (t, r) in best.items()},
+            "project_vs_handwritten": best["project"][1] / best["handwritten"][1],
+            "project_vs_bare": best["project"][1] / best["bare"][1],
+            "overhead_ms_per_step": 1e3 * case["batch"] * (1 / best["project"][1] - 1 / best["bare"][1]),
+            "fraction_of_matmul_peak": best["project"][1] * flop / (peak * 1e9) if peak else None,
+        }  # fmt: skip
+        if "project_epochs" in best:
+            row["project_epochs_vs_handwritten"] = best["project_epochs"][1] / best["handwritten"][1]
+        rows[precision] = row
+    return {"hidden": case["hidden"], "batch": case["batch"], "rows": rows, "_cli": cli, "_workdir": workdir}
+
+
+def run(smoke: bool, sections: tuple[str, ...] = SECTIONS, reps: Optional[int] = None, seeds: int = 1,
+        anchor_python: Optional[str] = None, anchor_script: Optional[Path] = None) -> dict:
+    reps = reps or (1 if smoke else 3)
     results: dict = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {
             "cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": native_bf16_cpu(),
             "torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version(),
         },
-        "smoke": smoke,
+        "load_at_start": load(),
+        "smoke": smoke, "reps": reps, "sections": list(sections),
     }  # fmt: skip
-    cores = auto_threads(128)
-    torch.set_num_threads(cores)
+    torch.set_num_threads(max(THREADS))
     mm_seconds, mm_n = (0.2, 256) if smoke else (3.0, 1024)
     results["matmul_gflops"] = {"fp32": matmul_gflops(torch.float32, mm_n, mm_seconds)}
     if native_bf16_cpu():
@@ -253,85 +425,114 @@ def run(smoke: bool) -> dict:
     dm = MNISTDataModule()
     dm.setup("fit")
     images, labels = dm.datasets["train"].images, dm.datasets["train"].labels
-    reps = 1 if smoke else 3
     with tempfile.TemporaryDirectory(prefix="mnist-rnn-bench-") as tmp:
         tmp = Path(tmp)
         raw_root = torchvision_layout(tmp / "torchvision")
-        smoke_args = ["--model.hidden_size", "16"] if smoke else []
-        for name, case in CASES.items():
-            if smoke:
-                case = {**case, "hidden": 16}
-            w, n = (warmup, steps) if name == "default" else seed_steps
-            precision = auto_precision("cpu", case["batch"])
-            threads = auto_threads(case["batch"])
-            variants = {"project": [], "project_fp32": [], "handwritten": [], "bare": []}
-            cli = None
-            for rep in range(reps):
-                workdir = tmp / f"{name}-{rep}"
-                workdir.mkdir()
-                rate, cli = project_fit(case, w, n, workdir, smoke_args)
-                variants["project"].append(rate)
-                if precision != "32-true":
-                    (workdir / "fp32").mkdir()
-                    rate, _ = project_fit(case, w, n, workdir / "fp32", [*smoke_args, "--trainer.precision", "32-true"])
-                    variants["project_fp32"].append(rate)
-                torch.set_num_threads(cores)  # what a hand-written script gets by default
-                variants["handwritten"].append(handwritten_reference(case, w, n, raw_root))
-                torch.set_num_threads(threads)
-                variants["bare"].append(bare_in_memory(case, w, n, images, labels, bf16=precision == "bf16-mixed"))
-            medians = {k: statistics.median(v) for k, v in variants.items() if v}
-            flop = lstm_train_flop_per_sample(case["hidden"])
-            peak = results["matmul_gflops"]["bf16" if precision == "bf16-mixed" else "fp32"]
-            entry = {
-                "hidden": case["hidden"], "batch": case["batch"], "precision": precision, "threads": threads,
-                "samples_per_s": medians, "all_runs": variants,
-                "speedup_vs_handwritten": medians["project"] / medians["handwritten"],
-                "project_vs_bare": medians["project"] / medians["bare"],
-                "overhead_ms_per_step": 1e3 * case["batch"] * (1 / medians["project"] - 1 / medians["bare"]),
-                "train_mflop_per_sample": flop / 1e6,
-                "fraction_of_matmul_peak": medians["project"] * flop / (peak * 1e9),
-            }  # fmt: skip
-            if "project_fp32" in medians:
-                entry["fp32_fraction_of_fp32_peak"] = medians["project_fp32"] * flop / (results["matmul_gflops"]["fp32"] * 1e9)
-            if name == "default":
-                torch.set_num_threads(threads)
-                entry["inference_samples_per_s"] = inference_throughput(cli.model, precision)
-                ckpt = next(workdir.glob("runs/*/version_*/checkpoints/last.ckpt"))
-                entry["predict_files_per_s"] = predict_files_throughput(ckpt, workdir, 20 if smoke else 1000)
-            results[name] = entry
-        results["full_fit"] = full_default_fit("tiny.yaml" if smoke else "default.yaml", tmp)
+        if "throughput" in sections:
+            results["throughput"] = {}
+            for name, case in CASES.items():
+                case = {**case, "hidden": 16} if smoke else case
+                entry = throughput(name, case, reps, smoke, tmp, raw_root, images, labels, results["matmul_gflops"])
+                cli, workdir = entry.pop("_cli"), entry.pop("_workdir")
+                if name == "default" and "extras" in sections:
+                    torch.set_num_threads(max(THREADS))
+                    entry["inference_samples_per_s"] = inference_throughput(cli.model, cli.trainer.precision)
+                    ckpt = next(workdir.glob("runs/*/version_*/checkpoints/last.ckpt"))
+                    entry["predict_files_per_s"] = predict_files_throughput(ckpt, workdir, 20 if smoke else 1000)
+                results["throughput"][name] = entry
+        if "anchor" in sections:
+            short, long = (20, 60) if smoke else (1000, 3000)
+            extra = ["--model.hidden_size", "16"] if smoke else []
+            results["anchor"] = seed_side_by_side(
+                tmp / "anchor", raw_root, short, long, reps, extra, anchor_python,
+                anchor_script or REPO.parent / "shared" / "anchors" / "seed_tf1.py",
+            )  # fmt: skip
+        if "time99" in sections:
+            configs = ["tiny.yaml"] if smoke else ["default-v1.yaml", "default.yaml"]
+            results["time99"] = time_to_99(configs, list(range(42, 42 + seeds)), tmp / "time99", [])
+        if "memory" in sections:
+            configs = ("tiny.yaml", "seed.yaml") if smoke else MEMORY_CONFIGS
+            results["peak_memory_mb"] = peak_memory(configs, tmp / "memory", 2 if smoke else 5)
+    results["load_at_end"] = load()
     return results
+
+
+COLUMNS = """\
+columns (samples/s are medians over the repetitions; [n] = the thread count that was faster for that side):
+  project steady   mnist-rnn fit in this process, training steps only: a window of steps after warm-up
+                   with no validation, dashboards or checkpoint writes in it (still the default logging,
+                   metrics and callbacks on every step)
+  project epochs   mnist-rnn fit over one whole epoch (430 steps for the default model, warm-up included):
+                   the wall time from the epoch's start to the end of training, so its validation,
+                   dashboards and checkpoint writes count (seed: see the side-by-side rows below,
+                   whose runs are shorter than an epoch)
+  hand-written     torchvision MNIST + per-sample ToTensor/Normalize + DataLoader + nn.LSTM/nn.Linear +
+                   Adam, same precision (bf16: the forward pass under torch.autocast("cpu", bfloat16))
+  ratio            project steady / hand-written, each at its own best thread count
+  bare loop        the same math with no framework: batches indexed from memory, fused Adam
+  overhead         framework time per step: batch x (1/project steady - 1/bare loop), in ms
+  of peak          project steady x training FLOP per sample / torch.mm peak of the same dtype"""
+
+
+def _fmt_best(best: dict, key: str) -> str:
+    if key not in best:
+        return "-"
+    return f"{best[key]['samples_per_s']:,.0f} [{best[key]['threads']}]"
 
 
 def report(results: dict) -> str:
     m = results["machine"]
     lines = [
-        f"machine: {m['cpu']}, {m['cores']} cores, native bf16: {m['native_bf16']}; torch {m['torch']}, lightning {m['lightning']}",
+        f"machine: {m['cpu']}, {m['cores']} cores, native bf16: {m['native_bf16']}; torch {m['torch']},"
+        f" lightning {m['lightning']}; {results['date']}",
+        f"load average (1, 5, 15 min): {results['load_at_start']} at start, {results['load_at_end']} at end",
         "matmul peak: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in results["matmul_gflops"].items()),
-        "",
-        f"{'model':<28}{'project':>10}{'handwritten':>13}{'speedup':>9}{'bare loop':>11}{'overhead':>10}{'of peak':>9}",
     ]
-    for name in CASES:
-        e = results[name]
-        s = e["samples_per_s"]
-        label = f"{name} (H{e['hidden']}, B{e['batch']}, {e['precision']})"
-        lines.append(
-            f"{label:<28}{s['project']:>10.0f}{s['handwritten']:>13.0f}{e['speedup_vs_handwritten']:>8.2f}x"
-            f"{s['bare']:>11.0f}{e['overhead_ms_per_step']:>8.2f}ms{100 * e['fraction_of_matmul_peak']:>8.0f}%"
-        )
-        if "project_fp32" in s:
-            lines.append(
-                f"{name + ' forced fp32':<28}{s['project_fp32']:>10.0f}{'':>13}{'':>9}{'':>11}{'':>10}"
-                f"{100 * e['fp32_fraction_of_fp32_peak']:>8.0f}%  (of the fp32 peak)"
-            )
-    lines.append("(samples/s, median of runs; overhead = framework time per step over the bare loop)")
-    lines.append(f"inference (Trainer.predict, 10,000 test images): {results['default']['inference_samples_per_s']:.0f} samples/s")
-    lines.append(f"predict on PNG files (mnist-rnn predict --data.predict_path, end to end): {results['default']['predict_files_per_s']:.0f} files/s")
-    f = results["full_fit"]
-    lines.append(
-        f"full fit of conf/{f['config']}: {f['fit_wall_s']:.1f} s wall from start, peak RSS {f['peak_rss_mb']:.0f} MB,"
-        f" test accuracy {100 * f['test_acc']:.2f}%"
-    )
+    if "throughput" in results:
+        lines += ["", COLUMNS, ""]
+        header = (f"{'model':<30}{'project steady':>17}{'project epochs':>17}{'hand-written':>15}{'ratio':>7}"
+                  f"{'bare loop':>15}{'overhead':>10}{'of peak':>9}")  # fmt: skip
+        lines.append(header)
+        for name, entry in results["throughput"].items():
+            for precision, row in entry["rows"].items():
+                b = row["best"]
+                label = f"{name} H{entry['hidden']} B{entry['batch']} {'bf16' if 'bf16' in precision else 'fp32'}"
+                peak = row["fraction_of_matmul_peak"]
+                lines.append(
+                    f"{label:<30}{_fmt_best(b, 'project'):>17}{_fmt_best(b, 'project_epochs'):>17}"
+                    f"{_fmt_best(b, 'handwritten'):>15}{row['project_vs_handwritten']:>6.2f}x"
+                    f"{_fmt_best(b, 'bare'):>15}{row['overhead_ms_per_step']:>8.2f}ms"
+                    f"{'' if peak is None else f'{100 * peak:.0f}%':>9}"
+                )
+        d = results["throughput"]["default"]
+        if "inference_samples_per_s" in d:
+            lines.append(f"inference (Trainer.predict, 10,000 test images, bf16 where auto picks it): {d['inference_samples_per_s']:,.0f} samples/s")
+            lines.append(f"predict on PNG files (mnist-rnn predict --data.predict_path, end to end): {d['predict_files_per_s']:,.0f} files/s")
+    if "anchor" in results:
+        a = results["anchor"]
+        short, long = a["steps"]
+        lines += ["", f"seed model side by side: samples/s = (wall of {long} steps - wall of {short} steps) x 10 / {long - short},"
+                  " each a whole child process (start-up cancels; validation and checkpoints count)"]  # fmt: skip
+        lines.append(f"  mnist-rnn fit -c seed.yaml (fp32, 1 thread): {a['project_median']:,.0f} samples/s  (runs: "
+                     + ", ".join(f"{r:,.0f}" for r in a["project"]) + ")")
+        if "tf1_median" in a:
+            lines.append(f"  seed notebook's TF1 graph (seed_tf1.py):    {a['tf1_median']:,.0f} samples/s  (runs: "
+                         + ", ".join(f"{r:,.0f}" for r in a["tf1"]) + ")")
+            lines.append(f"  project / TF1: {a['ratio_median']:.2f}x (median of the per-repetition ratios)")
+        else:
+            lines.append("  (TF1 graph not measured: pass --anchor-python, see docs/speed.md)")
+    if "time99" in results:
+        lines += ["", "time to 99%: wall of a whole `mnist-rnn fit` child process from start (start-up included),"
+                  " then the official test accuracy of its best checkpoint"]  # fmt: skip
+        for config, t in results["time99"].items():
+            accs = ", ".join(f"{100 * r['test_acc']:.2f}%" for r in t["runs"])
+            walls = ", ".join(f"{r['fit_wall_s']:.1f}" for r in t["runs"])
+            lines.append(f"  {config:<18} median {t['median_wall_s']:.1f} s (runs: {walls} s); test accuracy {accs};"
+                         f" all >= 99.0%: {t['all_reached_99']}")
+    if "peak_memory_mb" in results:
+        lines += ["", "peak resident memory (VmHWM of a child `mnist-rnn fit`: a few training batches and 2 validation"
+                  " batches at the config's batch sizes):"]  # fmt: skip
+        lines.append("  " + ", ".join(f"{c} {mb:,.0f} MB" for c, mb in results["peak_memory_mb"].items()))
     return "\n".join(lines)
 
 
@@ -349,8 +550,10 @@ def run_gpu() -> dict:
         for name, config, batch in (("default", "default.yaml", 128), ("gpu", "gpu.yaml", 1024)):
             workdir = Path(tmp) / name
             workdir.mkdir()
-            rate, _ = project_fit({"config": config, "batch": batch}, 30, 150 if batch > 512 else 300, workdir, gpu_flags)
-            results[name] = {"batch": batch, "samples_per_s": rate, "full_fit": full_default_fit(config, workdir, gpu_flags)}
+            steps = 150 if batch > 512 else 300
+            timer, _ = project_fit({"config": config, "batch": batch}, 30, steps, workdir, gpu_flags)
+            results[name] = {"batch": batch, "samples_per_s": steps * batch / timer.seconds,
+                             "full_fit": full_fit(config, workdir, gpu_flags, gpu_flags)}  # fmt: skip
     return results
 
 
@@ -359,7 +562,19 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="a few steps of everything, to check the benchmark runs")
     parser.add_argument("--gpu", action="store_true", help="the GPU figures instead (needs a CUDA device)")
     parser.add_argument("--json", default=None, help="where to write the figures (default: bench-<time>.json here)")
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run, of: {', '.join(SECTIONS)}")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions of each timing (default 3; smoke 1)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds of each whole fit in the time-to-99%% section (the target needs 5)")
+    parser.add_argument("--anchor-python", default=None,
+                        help="a Python with tensorflow-cpu and tf_keras (its own venv) to run the seed notebook's TF1 graph")  # fmt: skip
+    parser.add_argument("--anchor-script", default=None, help="seed_tf1.py (default: ../shared/anchors/seed_tf1.py)")
     args = parser.parse_args(argv)
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section {unknown[0]!r} in --only; choose from {', '.join(SECTIONS)}")
+    if args.reps is not None and args.reps < 1 or args.seeds < 1:
+        parser.error("--reps and --seeds must be at least 1")
     out = Path(args.json or f"bench-{datetime.now():%Y%m%d-%H%M%S}.json")
     if out.exists():
         parser.error(f"{out} exists; name another --json file")
@@ -367,7 +582,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         results = run_gpu()
         print(json.dumps(results, indent=2))
     else:
-        results = run(args.smoke)
+        script = Path(args.anchor_script) if args.anchor_script else None
+        results = run(args.smoke, sections, args.reps, args.seeds, args.anchor_python, script)
         print(report(results))
     out.write_text(json.dumps(results, indent=2))
     print(f"figures written to {out}")

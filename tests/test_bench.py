@@ -13,16 +13,39 @@ def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
     assert results["smoke"] is True
     # Each figure was measured (a rate above zero), whatever this machine's speed.
     assert results["matmul_gflops"]["fp32"] > 0
-    for name in ("default", "seed"):
-        rates = results[name]["samples_per_s"]
-        assert rates["project"] > 0 and rates["handwritten"] > 0 and rates["bare"] > 0
-    assert results["seed"]["batch"] == 10 and results["seed"]["precision"] == "32-true"
-    assert results["default"]["inference_samples_per_s"] > 0
-    assert results["default"]["predict_files_per_s"] > 0
-    full = results["full_fit"]
+    assert len(results["load_at_start"]) == 3 and len(results["load_at_end"]) == 3
+    default, seed = results["throughput"]["default"], results["throughput"]["seed"]
+    # Like for like: the default model in both precisions, the seed model in fp32 only.
+    assert set(default["rows"]) == {"32-true", "bf16-mixed"} and set(seed["rows"]) == {"32-true"}
+    assert seed["batch"] == 10
+    for entry in (default, seed):
+        for row in entry["rows"].values():
+            for side in ("project", "handwritten", "bare"):
+                # Every side is measured at each thread count, and the table names the faster one.
+                measured = row["medians"][side]
+                assert set(measured) == {"1", "2"} and all(rate > 0 for rate in measured.values())
+                best = row["best"][side]
+                assert best["samples_per_s"] == max(measured.values())
+                assert measured[str(best["threads"])] == best["samples_per_s"]
+            assert row["project_vs_handwritten"] == pytest.approx(
+                row["best"]["project"]["samples_per_s"] / row["best"]["handwritten"]["samples_per_s"]
+            )
+    # The default model's whole-epoch rate (validation, dashboards and checkpoints included);
+    # the seed model's runs are shorter than an epoch.
+    assert all(row["best"]["project_epochs"]["samples_per_s"] > 0 for row in default["rows"].values())
+    assert "project_epochs" not in seed["rows"]["32-true"]["best"]
+    assert default["inference_samples_per_s"] > 0 and default["predict_files_per_s"] > 0
+    anchor = results["anchor"]
+    assert anchor["steps"] == [20, 60] and anchor["project_median"] > 0 and anchor["tf1"] == []
+    tiny = results["time99"]["tiny.yaml"]
+    assert [run["seed"] for run in tiny["runs"]] == [42]
+    # A 40-step tiny fit stays far below 99% (it reached 22.6% when this test was written).
+    assert tiny["all_reached_99"] is False and 0 < tiny["min_test_acc"] < 0.99
     # Importing the CUDA build of torch with lightning alone takes about 830 MB (measured by the bench).
-    assert full["peak_rss_mb"] > 100 and "test_acc" in full
-    assert "speedup" in printed and f"figures written to {out}" in printed
+    assert set(results["peak_memory_mb"]) == {"tiny.yaml", "seed.yaml"}
+    assert all(mb > 100 for mb in results["peak_memory_mb"].values())
+    assert "project steady" in printed and "hand-written" in printed and "TF1 graph not measured" in printed
+    assert f"figures written to {out}" in printed
 
 
 def test_existing_json_is_not_overwritten(tmp_path):
@@ -31,3 +54,9 @@ def test_existing_json_is_not_overwritten(tmp_path):
     with pytest.raises(SystemExit):
         bench.main(["--smoke", "--json", str(out)])
     assert out.read_text() == "keep me"
+
+
+def test_unknown_section_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--only", "throughput,speed"])
+    assert "unknown section 'speed'" in capsys.readouterr().err
