@@ -36,7 +36,9 @@ def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
     assert "project_epochs" not in seed["rows"]["32-true"]["best"]
     assert default["inference_samples_per_s"] > 0 and default["predict_files_per_s"] > 0
     anchor = results["anchor"]
-    assert anchor["steps"] == [20, 60] and anchor["project_median"] > 0 and anchor["tf1"] == []
+    # Smoke mode's 20 and 60 steps differ by less than two processes' start-up noise (a negative
+    # difference was seen under load), so only the full run's rate means anything; here, its shape.
+    assert anchor["steps"] == [20, 60] and isinstance(anchor["project_median"], float) and anchor["tf1"] == []
     tiny = results["time99"]["tiny.yaml"]
     assert [run["seed"] for run in tiny["runs"]] == [42]
     # A 40-step tiny fit stays far below 99% (it reached 22.6% when this test was written).
