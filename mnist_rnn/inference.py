@@ -44,10 +44,9 @@ class LoadedModel:
     view: StepView
 
 
-def normalization(checkpoint: dict[str, Any], path: Union[str, Path]) -> tuple[float, float]:
+def normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
     """The mean and standard deviation the model was trained with: the checkpoint's, else MNIST's."""
-    data = checkpoints.saved_settings(checkpoint, path, RecurrentClassifier, checkpoints.PREPROCESSING)["data"]
-    return float(data.get("mean", MNIST_MEAN)), float(data.get("std", MNIST_STD))
+    return float(saved_data.get("mean", MNIST_MEAN)), float(saved_data.get("std", MNIST_STD))
 
 
 def _number(value: Any) -> Optional[float]:
@@ -98,12 +97,13 @@ def load_model(path: Union[str, Path]) -> LoadedModel:
     """The checkpoint's model, in eval mode, or a CheckpointError that says what is wrong with the file."""
     path = Path(path)
     checkpoint = checkpoints.read_checkpoint(path)
-    settings = checkpoints.saved_settings(checkpoint, path, RecurrentClassifier, ())["model"]
+    saved = checkpoints.saved_settings(checkpoint, path, RecurrentClassifier, checkpoints.PREPROCESSING)
+    settings = saved["model"]
     model = RecurrentClassifier(**settings)
     checkpoints.check_fits(model, checkpoint, path)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
-    mean, std = normalization(checkpoint, path)
+    mean, std = normalization(saved["data"])
     loaded = LoadedModel(model, path, settings, mean, std, training_state(checkpoint), step_view(settings))
     # The first forward after loading weights rebuilds nn.LSTM's cached list of flat weights; done
     # here, once, so that every later forward only reads the model (see serve.py on concurrency).

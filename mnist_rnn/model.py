@@ -27,9 +27,14 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 _LEGACY_PREFIXES = ("rnn.", "head.", "permutation")
 
 
+def upgraded_key(key: str) -> str:
+    """A weight's name under net.*, whether written before or after the move."""
+    return f"net.{key}" if key.startswith(_LEGACY_PREFIXES) else key
+
+
 def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A state_dict with the weights under net.*, whether it was written before or after the move."""
-    return {(f"net.{key}" if key.startswith(_LEGACY_PREFIXES) else key): value for key, value in state_dict.items()}
+    return {upgraded_key(key): value for key, value in state_dict.items()}
 
 
 class RecurrentClassifier(L.LightningModule):
@@ -236,7 +241,7 @@ SCHEDULERS = {
 
 def _upgrade_legacy_keys(module, state_dict, prefix, *args) -> None:
     for key in [k for k in state_dict if k.startswith(prefix)]:
-        upgraded = prefix + upgrade_state_dict({key[len(prefix) :]: None}).popitem()[0]
+        upgraded = prefix + upgraded_key(key[len(prefix) :])
         if upgraded != key:
             state_dict[upgraded] = state_dict.pop(key)
 
