@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
 from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
@@ -174,3 +176,30 @@ def _fsync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class TimedCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose `train_time_interval` also works when a Lightning step takes several
+    optimizer steps (model.steps_per_execution > 1, manual optimization).
+
+    lightning 2.6.6's ModelCheckpoint.on_train_batch_end looks only at `every_n_train_steps` under
+    manual optimization and ignores `train_time_interval`, so such a run would write its
+    checkpoints only at validation and epoch ends. This does there what its automatic branch does,
+    with the same private members of ModelCheckpoint (2.6.6). tests/test_steps_per_execution.py
+    checks both that Lightning still skips it and that this saves mid-epoch.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        interval = self._train_time_interval
+        if pl_module.automatic_optimization or interval is None:
+            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self._should_skip_saving_checkpoint(trainer):
+            return
+        now = time.monotonic()
+        due = self._last_time_checked is not None and now - self._last_time_checked >= interval.total_seconds()
+        if not trainer.strategy.broadcast(due):  # rank 0's clock decides
+            return
+        self._last_time_checked = now
+        candidates = self._monitor_candidates(trainer)
+        self._save_topk_checkpoint(trainer, candidates)
+        self._save_last_checkpoint(trainer, candidates)

@@ -27,8 +27,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_rnn import checkpoints, resume
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import MnistRnnError, TrainingStopped
-from mnist_rnn.hardware import auto_precision, auto_threads
+from mnist_rnn.errors import ConfigError, MnistRnnError, TrainingStopped
+from mnist_rnn.hardware import auto_precision, auto_threads, skip_gpu_probe_without_gpu
 from mnist_rnn.model import RecurrentClassifier
 from mnist_rnn.predictions import PredictionCSVWriter, report_skipped
 from mnist_rnn.progress import default_progress_bar, fit_report
@@ -80,6 +80,8 @@ class MnistRnnCLI(LightningCLI):
             default=None,
             help="CPU threads for torch; null picks 1 below batch size 32 (overhead-bound), all cores above.",
         )
+        # The data module serves as many batches per Lightning step as the model takes optimizer steps.
+        parser.link_arguments("model.steps_per_execution", "data.steps_per_execution")
 
     # Private LightningCLI hook (checked against lightning 2.6.6): no public hook knows which
     # subcommand a parser is for. tests/test_cli.py::test_private_lightning_cli_hooks_are_still_called
@@ -127,6 +129,12 @@ class MnistRnnCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if self.subcommand == "fit" and config.model.steps_per_execution > 1 and config.trainer.gradient_clip_val:
+            raise ConfigError(
+                f"model.steps_per_execution {config.model.steps_per_execution} cannot be combined with"
+                f" trainer.gradient_clip_val {config.trainer.gradient_clip_val} (Lightning clips only under one"
+                " step per batch); pass --trainer.gradient_clip_val null or --model.steps_per_execution 1"
+            )
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)
         torch.set_num_threads(config.threads or auto_threads(config.data.batch_size))
@@ -209,6 +217,7 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
     # A deprecation inside Lightning itself, not in this project.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+    skip_gpu_probe_without_gpu()
     try:
         return MnistRnnCLI(
             RecurrentClassifier,

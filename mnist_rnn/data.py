@@ -132,7 +132,8 @@ class ResumePoint:
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader that, resumed mid-epoch, skips the batches the interrupted epoch had served.
+    """A DataLoader that, resumed mid-epoch, skips the batches the interrupted epoch had served,
+    and that can serve several batches per Lightning step (`steps_per_execution`).
 
     Why not Lightning's own mechanism (a loader with state_dict, such as torchdata's
     StatefulDataLoader)? In lightning 2.6.6 a schedule that asks `trainer.estimated_stepping_batches`
@@ -142,11 +143,24 @@ class ResumableLoader(DataLoader):
 
     Counted in batches of this process's own sampler, so under DDP, where Lightning rebuilds the
     loader with a DistributedSampler and the same `resume` object, every rank skips its own share.
+
+    With steps_per_execution K > 1 each item is a list of K batches (the epoch's last may hold
+    fewer), which the model trains on one optimizer step each: the same batches in the same order
+    as K = 1, in K times fewer Lightning steps. `len()` counts those lists, as Lightning's loop does.
     """
 
-    def __init__(self, *args: Any, resume: Optional[ResumePoint] = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, resume: Optional[ResumePoint] = None, steps_per_execution: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.resume = resume if resume is not None else ResumePoint()
+        self.steps_per_execution = steps_per_execution
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Training batches (optimizer steps) in one epoch of this process."""
+        return super().__len__()
+
+    def __len__(self) -> int:
+        return -(-self.batches_per_epoch // self.steps_per_execution)
 
     def __iter__(self):
         return self._batches()
@@ -158,10 +172,23 @@ class ResumableLoader(DataLoader):
         pending, resume.pending = resume.pending, None
         skip = pending["served"] if pending is not None and pending.get("epoch") == epoch else 0
         resume.epoch, resume.served = epoch, 0
+        group: list = []
         for index, batch in enumerate(super().__iter__()):
-            resume.served = index + 1
-            if index >= skip:
+            if index < skip:
+                resume.served = index + 1
+                continue
+            if self.steps_per_execution == 1:
+                resume.served = index + 1
                 yield batch
+                continue
+            group.append(batch)
+            if len(group) == self.steps_per_execution:
+                resume.served = index + 1
+                yield group
+                group = []
+        if group:
+            resume.served += len(group)
+            yield group
 
 
 def shuffle_seed() -> int:
@@ -185,6 +212,7 @@ class MNISTDataModule(L.LightningDataModule):
         std: Union[float, Literal["auto"]] = "auto",
         predict_path: Optional[str] = None,
         max_shift: int = 0,
+        steps_per_execution: int = 1,
     ) -> None:
         """
         Args:
@@ -209,6 +237,8 @@ class MNISTDataModule(L.LightningDataModule):
             max_shift: Augment training batches by moving each digit up to this many pixels
                 horizontally and vertically (a fresh random shift per image and step). 0: off.
                 Validation, test and predict always see the images as they are.
+            steps_per_execution: Training batches served per Lightning step, as a list; set by the
+                CLI from model.steps_per_execution (see RecurrentClassifier), which must match.
         """
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -217,6 +247,8 @@ class MNISTDataModule(L.LightningDataModule):
             )
         if std != "auto" and not std > 0:
             raise ConfigError(f"data.std must be positive or auto, got {std}")
+        if steps_per_execution < 1:
+            raise ConfigError(f"steps_per_execution must be at least 1, got {steps_per_execution}")
         if not 0 <= max_shift <= 8:
             raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
         self.save_hyperparameters()
@@ -310,9 +342,12 @@ class MNISTDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self.hparams.max_shift and self.trainer is not None and self.trainer.training:
-            images, labels = batch
             background = -self.hparams.mean / self.hparams.std  # a zero pixel, normalized
-            return shift_images(images, self.hparams.max_shift, background), labels
+            shift = lambda images: shift_images(images, self.hparams.max_shift, background)  # noqa: E731
+            if isinstance(batch, list):  # several batches for one Lightning step
+                return [(shift(images), labels) for images, labels in batch]
+            images, labels = batch
+            return shift(images), labels
         return batch
 
     def _loader(self, split: str, batch_size: int, loader_class: type = DataLoader, **kwargs: Any) -> DataLoader:
@@ -332,8 +367,9 @@ class MNISTDataModule(L.LightningDataModule):
     def train_dataloader(self) -> ResumableLoader:
         order = EpochShuffle(len(self.datasets["train"]), seed=shuffle_seed())
         return self._loader(
-            "train", self.hparams.batch_size, loader_class=ResumableLoader, sampler=order, resume=self.resume
-        )
+            "train", self.hparams.batch_size, loader_class=ResumableLoader, sampler=order, resume=self.resume,
+            steps_per_execution=self.hparams.steps_per_execution,
+        )  # fmt: skip
 
     # Lightning saves this in every checkpoint and hands it back on resume, before the training
     # loader is iterated: the position in the epoch, so a mid-epoch resume carries on with the

@@ -8,6 +8,8 @@ images the same way and keeps the same permutation.
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -21,6 +23,10 @@ from mnist_rnn.resume import check_schedule_length
 from mnist_rnn.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
+
+# RecurrentClassifier.on_before_batch_transfer is meant to run with the datamodule (which has no such
+# hook): Lightning says so on every fit.
+warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed.*")
 
 # Checkpoints written before the network moved into its own module (mnist-rnn 0.1.0 as of
 # 2026-11-30) name the weights rnn.*, head.* and permutation; they now live under net.
@@ -56,6 +62,7 @@ class RecurrentClassifier(L.LightningModule):
         weight_decay: float = 0.0,
         scheduler: Literal["none", "onecycle", "cosine"] = "onecycle",
         warmup_pct: float = 0.3,
+        steps_per_execution: int = 1,
     ) -> None:
         """
         Args:
@@ -80,6 +87,13 @@ class RecurrentClassifier(L.LightningModule):
             scheduler: none (constant lr), onecycle (warm up to lr, then anneal) or cosine (anneal
                 from lr to 0), stepped every batch over the whole run.
             warmup_pct: Fraction of the run spent warming up, for onecycle.
+            steps_per_execution: Optimizer steps per Lightning step (Keras's steps_per_execution): the
+                data module serves this many batches at once and the model takes one optimizer step
+                on each, so training is the same, step for step, while Lightning's per-step work is
+                paid once per this many steps (it dominates at small batches: see docs/speed.md).
+                It must divide trainer.log_every_n_steps, an integer trainer.val_check_interval (both
+                still count optimizer steps, as do max_steps and global_step) and the batches of an
+                epoch. Not with trainer.gradient_clip_val (Lightning clips only one step per batch).
         """
         super().__init__()
         if hidden_size < 1:
@@ -100,11 +114,15 @@ class RecurrentClassifier(L.LightningModule):
             raise ConfigError(f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}")
         if not 0.0 < warmup_pct < 1.0:
             raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
+        if steps_per_execution < 1:
+            raise ConfigError(f"model.steps_per_execution must be at least 1, got {steps_per_execution}")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         if scheduler != "none" and scheduler not in SCHEDULERS:
             raise ConfigError(f"model.scheduler must be none, {' or '.join(SCHEDULERS)}, got {scheduler!r}")
         self.save_hyperparameters()
+        # Several optimizer steps per Lightning step need manual optimization (training_step steps).
+        self.automatic_optimization = steps_per_execution == 1
 
         self.net = RecurrentNet(
             hidden_size=hidden_size,
@@ -154,6 +172,8 @@ class RecurrentClassifier(L.LightningModule):
         self.train_acc.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        if not self.automatic_optimization:
+            return self._several_steps(batch)
         loss, preds, labels = self.model_step(batch)
         # Accuracy over the epoch's batches (logged in on_train_epoch_end): a single batch's
         # accuracy, the notebook's "minibatch accuracy", is too noisy to read at small batches.
@@ -164,6 +184,43 @@ class RecurrentClassifier(L.LightningModule):
         if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _several_steps(self, batches: list) -> torch.Tensor:
+        """steps_per_execution > 1: one optimizer step per batch of the list, as K = 1 would take them."""
+        if not isinstance(batches, list):
+            raise ConfigError(
+                f"model.steps_per_execution is {self.hparams.steps_per_execution} but the training data comes one"
+                " batch at a time; give the datamodule the same steps_per_execution"
+            )
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        max_steps = self.trainer.max_steps
+        losses, all_preds, all_labels = [], [], []
+        for batch in batches:
+            if 0 <= max_steps <= self.global_step:
+                break  # max_steps counts optimizer steps, so the last list may end early
+            loss, preds, labels = self.model_step(batch)
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()  # Lightning's wrapper: global_step counts this step
+            if scheduler is not None:
+                scheduler.step()
+            losses.append(loss.detach())
+            all_preds.append(preds)
+            all_labels.append(labels)
+        # Once per Lightning step, off the per-step path.
+        self.train_acc.update(torch.cat(all_preds), torch.cat(all_labels))
+        count_logger_steps(self.trainer, len(losses) - len(batches))  # steps counted but not taken (max_steps)
+        if self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/loss", losses[-1], on_step=True, on_epoch=False, prog_bar=True)
+        # Non-finite if any step's loss was (StopOnNonFinite reads it).
+        return torch.stack(losses).mean()
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        # Before the Lightning step's first hook (on_train_batch_start, where LearningRateMonitor
+        # looks), so that every hook of the step sees the loggers' step after its last optimizer step.
+        if not self.automatic_optimization and self._trainer is not None and self.trainer.training and isinstance(batch, list):
+            count_logger_steps(self.trainer, len(batch) - 1)
+        return batch
 
     def on_train_epoch_end(self) -> None:
         # compute() already gathers all ranks; sync_dist only averages equal values (and tells
@@ -201,7 +258,26 @@ class RecurrentClassifier(L.LightningModule):
             checkpoint["precision"] = str(self._trainer.precision)
 
     def on_train_start(self) -> None:
-        check_schedule_length(self.trainer, self.hparams.scheduler)
+        check_schedule_length(self.trainer, self.hparams.scheduler, self.optimizer_steps())
+        if not self.automatic_optimization:
+            validate_in_optimizer_steps(self.trainer, self.hparams.steps_per_execution, self.batches_per_epoch())
+
+    def batches_per_epoch(self) -> int:
+        """Training batches (optimizer steps) per epoch, after limit_train_batches."""
+        k = self.hparams.steps_per_execution
+        loader = self.trainer.train_dataloader
+        served = getattr(loader, "batches_per_epoch", None)
+        lightning_steps = self.trainer.num_training_batches
+        return lightning_steps if served is None else min(served, lightning_steps * k)
+
+    def optimizer_steps(self) -> float:
+        """The run's optimizer steps, as `trainer.estimated_stepping_batches` counts them for K = 1."""
+        lightning_steps = self.trainer.estimated_stepping_batches  # also sets up the training loader
+        trainer = self.trainer
+        if self.automatic_optimization or trainer.max_epochs == -1:
+            return lightning_steps
+        total = self.batches_per_epoch() * max(trainer.max_epochs, 1)
+        return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -212,7 +288,7 @@ class RecurrentClassifier(L.LightningModule):
         optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, clipping)
         if hp.scheduler == "none":
             return optimizer
-        total_steps = int(self.trainer.estimated_stepping_batches)
+        total_steps = int(self.optimizer_steps())
         scheduler = SCHEDULERS[hp.scheduler](optimizer, hp.lr, total_steps, hp.warmup_pct)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -237,6 +313,50 @@ SCHEDULERS = {
     ),
     "cosine": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total),
 }
+
+
+def count_logger_steps(trainer: L.Trainer, extra: int) -> None:
+    """Make the loggers' step (the x axis of every curve, and log_every_n_steps) count optimizer
+    steps when a Lightning step takes several: add the steps beyond one.
+
+    Private: lightning 2.6.6 counts `fit_loop.epoch_loop._batches_that_stepped` once per Lightning
+    step (after on_train_batch_end) and uses it for the step of every logged metric, the
+    LearningRateMonitor's and log_every_n_steps. With the extra steps added before the step's hooks
+    run, metrics logged at its end land on its last optimizer step, as with one step per batch (the
+    learning rate, read at the step's start, is the one of its first optimizer step).
+    tests/test_steps_per_execution.py fails if this changes.
+    """
+    trainer.fit_loop.epoch_loop._batches_that_stepped += extra
+
+
+def validate_in_optimizer_steps(trainer: L.Trainer, k: int, batches_per_epoch: int) -> None:
+    """Check that K steps per Lightning step keep every count in optimizer steps, and make an
+    integer val_check_interval count them too.
+
+    Lightning counts val_check_interval in Lightning steps (trainer.val_check_batch, set by its fit
+    loop from val_check_interval before on_train_start, lightning 2.6.6; same guard test as above).
+    """
+    if trainer.world_size > 1:
+        # DDP reduces gradients once per forward of its wrapper, which is one per Lightning step.
+        raise ConfigError(
+            f"model.steps_per_execution {k} runs in one process only (this run has {trainer.world_size});"
+            " use --model.steps_per_execution 1 with several devices"
+        )
+    counts = {"trainer.log_every_n_steps": trainer.log_every_n_steps, "training batches per epoch": batches_per_epoch}
+    if isinstance(trainer.val_check_interval, int):
+        counts["trainer.val_check_interval"] = trainer.val_check_interval
+    wrong = {name: n for name, n in counts.items() if n % k}
+    if wrong:
+        common = math.gcd(*counts.values())
+        fits = [d for d in range(2, common + 1) if common % d == 0][:6]
+        advice = f"use one that divides them all ({', '.join(map(str, fits))})" if fits else "use 1"
+        raise ConfigError(
+            f"model.steps_per_execution {k} must divide "
+            + ", ".join(f"{name} ({n})" for name, n in counts.items())
+            + f"; {advice}"
+        )
+    if isinstance(trainer.val_check_interval, int):
+        trainer.val_check_batch = trainer.val_check_interval // k
 
 
 def _upgrade_legacy_keys(module, state_dict, prefix, *args) -> None:

@@ -193,13 +193,13 @@ def resume_command(args: list[str]) -> str:
     return shlex.join(["mnist-rnn", *kept, "--ckpt_path", LAST])
 
 
-def check_schedule_length(trainer: L.Trainer, scheduler: str) -> None:
+def check_schedule_length(trainer: L.Trainer, scheduler: str, total: float) -> None:
     """A resumed schedule keeps the length it was built for; refuse a run of another length.
 
     With another max_epochs or max_steps, onecycle would fail when it runs out of steps and cosine
-    would silently climb back up.
+    would silently climb back up. total: the run's optimizer steps (RecurrentClassifier.optimizer_steps).
     """
-    total = int(trainer.estimated_stepping_batches)
+    total = int(total)
     for config in trainer.lr_scheduler_configs:
         built_for = getattr(config.scheduler, "total_steps", None) or getattr(config.scheduler, "T_max", None)
         if built_for is not None and built_for != total:
