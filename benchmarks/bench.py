@@ -47,8 +47,11 @@ CASES = {
     "default": {"config": "default.yaml", "hidden": 128, "batch": 128, "precisions": ("32-true", "bf16-mixed"),
                 "steady": (50, 300), "epochs": 1},
     "seed": {"config": "seed.yaml", "hidden": 50, "batch": 10, "precisions": ("32-true",),
-             "steady": (200, 1600), "epochs": None},
+             "steady": (200, 1600), "epochs": None, "smoke_steady": (50, 50)},  # whole Lightning steps of 50
 }  # fmt: skip
+
+# The recipes the time-to-99% section compares by default: the pinned 2026-11-30 recipe and today's.
+TIME99_CONFIGS = ("default-v1.yaml", "default.yaml")
 
 # Every bundled config whose peak memory the benchmark checks (best.yaml is allowed more).
 MEMORY_CONFIGS = ("default.yaml", "default-v1.yaml", "seed.yaml", "tiny.yaml", "smnist.yaml", "pmnist.yaml", "gpu.yaml")
@@ -108,13 +111,16 @@ class StepTimer(L.Callback):
         self.epoch_samples.append(0)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
+        # >=: with model.steps_per_execution K, global_step moves K optimizer steps a batch.
+        if self.start is None and trainer.global_step >= self.warmup:
+            self.start, self.first_step = time.perf_counter(), trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.epoch_samples[-1] += len(batch[1])
-        if trainer.global_step == self.warmup + self.steps and self.start is not None:
+        batches = batch if isinstance(batch, list) else [batch]  # K batches per Lightning step
+        self.epoch_samples[-1] += sum(len(labels) for _, labels in batches)
+        if self.seconds is None and self.start is not None and trainer.global_step >= self.warmup + self.steps:
             self.seconds = time.perf_counter() - self.start
+            self.steps = trainer.global_step - self.first_step  # the optimizer steps actually timed
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.end = time.perf_counter()
@@ -255,7 +261,8 @@ _FIT_AND_REPORT = (
 def _child_fit(config: str, workdir: Path, flags: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
     """(wall seconds from start, peak RSS in MB, the finished process) of `mnist-rnn fit -c config`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-c", _FIT_AND_REPORT, "fit", "-c", config_file(config), *flags]
+    path = config if os.path.isfile(config) else config_file(config)  # a file of your own, or a bundled config
+    command = [sys.executable, "-c", _FIT_AND_REPORT, "fit", "-c", path, *flags]
     start = time.perf_counter()
     fit = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -280,23 +287,24 @@ def full_fit(config: str, workdir: Path, flags: Optional[list[str]] = None, test
 
 
 def time_to_99(configs: list[str], seeds: list[int], workdir: Path, flags: list[str]) -> dict:
-    """Whole fits of each config for each seed, one after the other: wall time to the end of the
-    fit and whether its best checkpoint reached 99.0% on the official test set."""
-    out: dict = {}
-    for config in configs:
-        runs = []
-        for seed in seeds:
+    """Whole fits of each config for each seed, the configs taking turns within each seed (so that
+    a change in the machine's load falls on all of them): wall time to the end of the fit and
+    whether its best checkpoint reached 99.0% on the official test set."""
+    runs: dict = {config: [] for config in configs}
+    for seed in seeds:
+        for config in configs:
             folder = workdir / f"{Path(config).stem}-seed{seed}"
             folder.mkdir(parents=True)
-            runs.append({"seed": seed, **full_fit(config, folder, [f"--seed_everything={seed}", *flags])})
-            print(f"time99 {config} seed {seed}: {runs[-1]['fit_wall_s']:.1f} s, test accuracy {runs[-1]['test_acc']:.4f}",
-                  file=sys.stderr, flush=True)  # fmt: skip
-        walls = [r["fit_wall_s"] for r in runs]
+            runs[config].append({"seed": seed, **full_fit(config, folder, [f"--seed_everything={seed}", *flags])})
+            print(f"time99 {config} seed {seed}: {runs[config][-1]['fit_wall_s']:.1f} s,"
+                  f" test accuracy {runs[config][-1]['test_acc']:.4f}", file=sys.stderr, flush=True)  # fmt: skip
+    out: dict = {}
+    for config, done in runs.items():
         out[config] = {
-            "runs": runs,
-            "median_wall_s": statistics.median(walls),
-            "all_reached_99": all(r["test_acc"] >= 0.99 for r in runs),
-            "min_test_acc": min(r["test_acc"] for r in runs),
+            "runs": done,
+            "median_wall_s": statistics.median(r["fit_wall_s"] for r in done),
+            "all_reached_99": all(r["test_acc"] >= 0.99 for r in done),
+            "min_test_acc": min(r["test_acc"] for r in done),
         }
     return out
 
@@ -366,7 +374,7 @@ def throughput(name: str, case: dict, reps: int, smoke: bool, tmp: Path, raw_roo
                images: torch.Tensor, labels: torch.Tensor, peak_gflops: dict) -> dict:
     """The like-for-like rows of one model: for each precision, the project (steady state and
     whole epochs), the hand-written loop and the bare loop, each at 1 and at 2 threads."""
-    warmup, steps = (2, 5) if smoke else case["steady"]
+    warmup, steps = case.get("smoke_steady", (2, 5)) if smoke else case["steady"]
     extra = ["--model.hidden_size", str(case["hidden"])]
     if smoke:
         extra += ["--trainer.limit_train_batches", "10", "--trainer.limit_val_batches", "2"]
@@ -380,7 +388,7 @@ def throughput(name: str, case: dict, reps: int, smoke: bool, tmp: Path, raw_roo
                 workdir = tmp / f"{name}-{precision}-{t}-{rep}"
                 workdir.mkdir()
                 timer, cli = project_fit(case, warmup, steps, workdir, [*extra, "--trainer.precision", precision, "--threads", str(t)])
-                runs["project"][t].append(steps * case["batch"] / timer.seconds)
+                runs["project"][t].append(timer.steps * case["batch"] / timer.seconds)
                 if case.get("epochs"):  # whole epochs only: a max_steps run ends inside its first epoch
                     runs["project_epochs"][t].append(statistics.median(timer.epoch_rates()))
                 torch.set_num_threads(t)
@@ -405,7 +413,8 @@ def throughput(name: str, case: dict, reps: int, smoke: bool, tmp: Path, raw_roo
 
 
 def run(smoke: bool, sections: tuple[str, ...] = SECTIONS, reps: Optional[int] = None, seeds: int = 1,
-        anchor_python: Optional[str] = None, anchor_script: Optional[Path] = None) -> dict:
+        anchor_python: Optional[str] = None, anchor_script: Optional[Path] = None,
+        time99_configs: tuple[str, ...] = TIME99_CONFIGS) -> dict:
     reps = reps or (1 if smoke else 3)
     results: dict = {
         "date": datetime.now().isoformat(timespec="seconds"),
@@ -448,7 +457,7 @@ def run(smoke: bool, sections: tuple[str, ...] = SECTIONS, reps: Optional[int] =
                 anchor_script or REPO.parent / "shared" / "anchors" / "seed_tf1.py",
             )  # fmt: skip
         if "time99" in sections:
-            configs = ["tiny.yaml"] if smoke else ["default-v1.yaml", "default.yaml"]
+            configs = ["tiny.yaml"] if smoke else list(time99_configs)
             results["time99"] = time_to_99(configs, list(range(42, 42 + seeds)), tmp / "time99", [])
         if "memory" in sections:
             configs = ("tiny.yaml", "seed.yaml") if smoke else MEMORY_CONFIGS
@@ -529,6 +538,10 @@ def report(results: dict) -> str:
             walls = ", ".join(f"{r['fit_wall_s']:.1f}" for r in t["runs"])
             lines.append(f"  {config:<18} median {t['median_wall_s']:.1f} s (runs: {walls} s); test accuracy {accs};"
                          f" all >= 99.0%: {t['all_reached_99']}")
+        first, *others = results["time99"]
+        for config in others:
+            ratios = [b["fit_wall_s"] / a["fit_wall_s"] for a, b in zip(results["time99"][first]["runs"], results["time99"][config]["runs"])]
+            lines.append(f"  {config} / {first}: {statistics.median(ratios):.2f}x (median of the per-seed ratios)")
     if "peak_memory_mb" in results:
         lines += ["", "peak resident memory (VmHWM of a child `mnist-rnn fit`: a few training batches and 2 validation"
                   " batches at the config's batch sizes):"]  # fmt: skip
@@ -552,7 +565,7 @@ def run_gpu() -> dict:
             workdir.mkdir()
             steps = 150 if batch > 512 else 300
             timer, _ = project_fit({"config": config, "batch": batch}, 30, steps, workdir, gpu_flags)
-            results[name] = {"batch": batch, "samples_per_s": steps * batch / timer.seconds,
+            results[name] = {"batch": batch, "samples_per_s": timer.steps * batch / timer.seconds,
                              "full_fit": full_fit(config, workdir, gpu_flags, gpu_flags)}  # fmt: skip
     return results
 
@@ -568,6 +581,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--anchor-python", default=None,
                         help="a Python with tensorflow-cpu and tf_keras (its own venv) to run the seed notebook's TF1 graph")  # fmt: skip
     parser.add_argument("--anchor-script", default=None, help="seed_tf1.py (default: ../shared/anchors/seed_tf1.py)")
+    parser.add_argument("--time99-configs", default=",".join(TIME99_CONFIGS),
+                        help="comma-separated configs (bundled names or YAML files) the time-to-99%% section compares,"
+                        " the first being the reference")  # fmt: skip
     args = parser.parse_args(argv)
     sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = [s for s in sections if s not in SECTIONS]
@@ -583,7 +599,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(json.dumps(results, indent=2))
     else:
         script = Path(args.anchor_script) if args.anchor_script else None
-        results = run(args.smoke, sections, args.reps, args.seeds, args.anchor_python, script)
+        time99 = tuple(c.strip() for c in args.time99_configs.split(",") if c.strip())
+        results = run(args.smoke, sections, args.reps, args.seeds, args.anchor_python, script, time99)
         print(report(results))
     out.write_text(json.dumps(results, indent=2))
     print(f"figures written to {out}")
