@@ -7,6 +7,7 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -78,6 +79,28 @@ def test_ten_steps_per_execution_train_exactly_as_one(one_and_ten):
     # The schedule was built for the same 300 optimizer steps and ran all of them.
     assert ten["lr_schedulers"][0]["total_steps"] == one["lr_schedulers"][0]["total_steps"] == 300
     assert ten["lr_schedulers"][0]["last_epoch"] == one["lr_schedulers"][0]["last_epoch"] == 300
+
+
+class CountOptimizerSteps(L.Callback):
+    """Overrides a per-step hook, so the model must take Lightning's path that calls it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.calls += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path("optimizer_step_hooks.txt").write_text(str(self.calls))
+
+
+def test_a_callback_with_per_step_hooks_sees_every_optimizer_step_and_the_same_training(one_and_ten, monkeypatch):
+    monkeypatch.chdir(one_and_ten)
+    fit(10, "hooked", "--trainer.callbacks+=tests.test_steps_per_execution.CountOptimizerSteps")
+    assert Path("optimizer_step_hooks.txt").read_text() == "300"
+    hooked, plain = (read_checkpoint(Path(f"runs/{name}/version_0/checkpoints/last.ckpt")) for name in ("hooked", "k10"))
+    for name, tensor in plain["state_dict"].items():
+        assert torch.equal(hooked["state_dict"][name], tensor), name
 
 
 def test_a_stop_mid_run_resumes_to_the_same_weights(one_and_ten, monkeypatch, capsys):
