@@ -13,9 +13,9 @@ import warnings
 from typing import Any, Literal
 
 import lightning as L
-from lightning.pytorch.utilities.model_helpers import is_overridden
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
