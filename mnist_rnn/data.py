@@ -174,20 +174,17 @@ class ResumableLoader(DataLoader):
         resume.epoch, resume.served = epoch, 0
         group: list = []
         for index, batch in enumerate(super().__iter__()):
+            resume.served = index + 1  # read only between yields: then it counts what was handed out
             if index < skip:
-                resume.served = index + 1
                 continue
             if self.steps_per_execution == 1:
-                resume.served = index + 1
                 yield batch
                 continue
             group.append(batch)
             if len(group) == self.steps_per_execution:
-                resume.served = index + 1
                 yield group
                 group = []
         if group:
-            resume.served += len(group)
             yield group
 
 
