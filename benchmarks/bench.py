@@ -103,6 +103,7 @@ class StepTimer(L.Callback):
         self.warmup, self.steps = warmup, steps
         self.start: Optional[float] = None
         self.seconds: Optional[float] = None
+        self.timed_steps: Optional[int] = None  # optimizer steps inside the window, once it closed
         self.epoch_starts: list[float] = []
         self.epoch_samples: list[int] = []
         self.end: Optional[float] = None
@@ -121,7 +122,7 @@ class StepTimer(L.Callback):
         self.epoch_samples[-1] += sum(len(labels) for _, labels in batches)
         if self.seconds is None and self.start is not None and trainer.global_step >= self.warmup + self.steps:
             self.seconds = time.perf_counter() - self.start
-            self.steps = trainer.global_step - self.first_step  # the optimizer steps actually timed
+            self.timed_steps = trainer.global_step - self.first_step  # may pass `steps` by up to K - 1
 
     def on_train_end(self, trainer, pl_module) -> None:
         self.end = time.perf_counter()
@@ -262,7 +263,8 @@ _FIT_AND_REPORT = (
 def _child_fit(config: str, workdir: Path, flags: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
     """(wall seconds from start, peak RSS in MB, the finished process) of `mnist-rnn fit -c config`."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    path = config if os.path.isfile(config) else config_file(config)  # a file of your own, or a bundled config
+    # A file of your own (the child runs in workdir, hence absolute), or a bundled config.
+    path = os.path.abspath(config) if os.path.isfile(config) else config_file(config)
     command = [sys.executable, "-c", _FIT_AND_REPORT, "fit", "-c", path, *flags]
     start = time.perf_counter()
     fit = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
@@ -390,7 +392,7 @@ def throughput(name: str, case: dict, reps: int, smoke: bool, tmp: Path, raw_roo
                 workdir = tmp / f"{name}-{precision}-{t}-{rep}"
                 workdir.mkdir()
                 timer, cli = project_fit(case, warmup, steps, workdir, [*extra, "--trainer.precision", precision, "--threads", str(t)])
-                runs["project"][t].append(timer.steps * case["batch"] / timer.seconds)
+                runs["project"][t].append(timer.timed_steps * case["batch"] / timer.seconds)
                 if case.get("epochs"):  # whole epochs only: a max_steps run ends inside its first epoch
                     runs["project_epochs"][t].append(statistics.median(timer.epoch_rates()))
                 torch.set_num_threads(t)
@@ -567,7 +569,7 @@ def run_gpu() -> dict:
             workdir.mkdir()
             steps = 150 if batch > 512 else 300
             timer, _ = project_fit({"config": config, "batch": batch}, 30, steps, workdir, gpu_flags)
-            results[name] = {"batch": batch, "samples_per_s": timer.steps * batch / timer.seconds,
+            results[name] = {"batch": batch, "samples_per_s": timer.timed_steps * batch / timer.seconds,
                              "full_fit": full_fit(config, workdir, gpu_flags, gpu_flags)}  # fmt: skip
     return results
 
