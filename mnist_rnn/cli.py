@@ -28,7 +28,13 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mnist_rnn import checkpoints, resume
 from mnist_rnn.data import MNISTDataModule
 from mnist_rnn.errors import ConfigError, MnistRnnError, TrainingStopped
-from mnist_rnn.hardware import auto_precision, auto_threads, skip_gpu_probe_without_gpu
+from mnist_rnn.hardware import (
+    auto_precision,
+    auto_threads,
+    check_precision,
+    evaluation_precision,
+    skip_gpu_probe_without_gpu,
+)
 from mnist_rnn.model import RecurrentClassifier
 from mnist_rnn.predictions import PredictionCSVWriter, report_skipped
 from mnist_rnn.progress import default_progress_bar, fit_report
@@ -137,6 +143,8 @@ class MnistRnnCLI(LightningCLI):
             )
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)
+        else:
+            check_precision(config.trainer.precision, config.trainer.accelerator, config.model.cell)
         torch.set_num_threads(config.threads or auto_threads(config.data.batch_size))
         if self.subcommand != "fit":
             # Evaluating a checkpoint prints its results; it does not open a new run folder.
@@ -145,13 +153,17 @@ class MnistRnnCLI(LightningCLI):
             resume.continue_run(config, self.checkpoint)
 
     def _precision(self, config) -> str:
-        """A checkpoint is evaluated and resumed in the precision it was trained in; else the machine decides."""
+        """A checkpoint is evaluated and resumed in the precision it was trained in, where this machine
+        runs it (else fp32, said in one line); without a checkpoint the machine decides."""
         checkpoint = self.checkpoint or {}
         if checkpoint.get("precision"):
-            return str(checkpoint["precision"])
+            precision, note = evaluation_precision(str(checkpoint["precision"]), config.trainer.accelerator, config.model.cell)
+            if note:
+                print(f"mnist-rnn: {note}", flush=True)
+            return precision
         # Checkpoints from before the precision was saved: what training chose, from its batch size.
         trained_batch = (checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", config.data.batch_size)
-        return auto_precision(config.trainer.accelerator, trained_batch, config.model.sequence)
+        return auto_precision(config.trainer.accelerator, trained_batch, config.model.sequence, config.model.cell)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()

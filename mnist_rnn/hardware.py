@@ -1,29 +1,141 @@
 """What the machine decides: the training precision and the number of CPU threads.
 
-Used by the CLI when `trainer.precision` or `threads` is null, and by the benchmark, so that both
-make the same choice.
+Used by the CLI when `trainer.precision` or `threads` is null, when a checkpoint's training
+precision or an explicit `--trainer.precision` may not run here, and by the benchmark, so that
+all of them make the same choice.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import platform
 import warnings
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
 import torch
+
+from mnist_rnn.errors import ConfigError
 
 # Lightning's model summary cannot size bf16 weights; the parameter count it shows is right.
 warnings.filterwarnings("ignore", message=r".*is not supported by the model summary.*")
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
 def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), not by conversion."""
-    # Private torch helpers (checked with torch 2.14.1): torch has no public query for these
-    # instruction sets. tests/test_hardware.py fails if they disappear.
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), not by conversion.
+
+    Read from the kernel's flags: torch has no public query for these instruction sets. Where
+    they cannot be read (not Linux), the answer is no, so `precision: null` keeps fp32, which runs
+    everywhere.
+    """
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
-def auto_precision(accelerator: Any, batch_size: int, sequence: str = "rows") -> str:
+def cpu_name() -> str:
+    """The processor's model name, as lscpu shows it (what a figure or a refusal names)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# Lightning's short names of the precisions whose CPU kernels can be missing.
+_LOW_PRECISION = {"bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed", "bf16-true": "bf16-true",
+                  "16": "16-mixed", "16-mixed": "16-mixed", "16-true": "16-true"}  # fmt: skip
+
+
+def on_cpu(accelerator: Any) -> bool:
+    """Whether a run with this `trainer.accelerator` computes on the CPU."""
+    return str(accelerator) == "cpu" or (str(accelerator) == "auto" and not torch.cuda.is_available())
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_kernel_runs(cell: str, precision: str) -> bool:
+    """Whether this CPU has a kernel for `cell` (lstm or gru) in `precision`: one tiny step, tried.
+
+    Measured with torch 2.14.1 on an AMD EPYC with AVX2 and no AVX512-BF16 (docs/precision.md):
+    under autocast (bf16-mixed, 16-mixed) torch hands the LSTM to oneDNN, which has no
+    low-precision LSTM kernel on such a CPU ("could not create a primitive descriptor for the LSTM
+    forward propagation primitive"); bf16-true and 16-true LSTMs, and GRUs in every precision
+    (autocast leaves a CPU GRU in fp32), run. Trying costs a few milliseconds, once per process,
+    and stays right on CPUs and torch releases that were not measured.
+    """
+    precision = _LOW_PRECISION.get(str(precision))
+    if precision is None:
+        return True  # fp32 and fp64 kernels exist everywhere
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
+    layer = torch.nn.LSTM(2, 2) if cell == "lstm" else torch.nn.GRU(2, 2)
+    x = torch.ones(3, 1, 2, requires_grad=True)
+    try:
+        if precision.endswith("-true"):
+            layer.to(dtype)(x.to(dtype))[0].float().sum().backward()
+        else:
+            with torch.autocast("cpu", dtype=dtype):
+                out = layer(x)[0]
+            out.float().sum().backward()
+    except RuntimeError:
+        return False
+    return True
+
+
+def missing_feature(precision: str) -> str:
+    """The instruction sets whose absence leaves a CPU without native kernels of a precision."""
+    if str(precision).startswith("bf16"):
+        return "AVX512-BF16 or AMX"
+    return "AVX512-FP16 or AMX-FP16"
+
+
+def _a(cell: str) -> str:
+    return f"an {cell.upper()}" if cell == "lstm" else f"a {cell.upper()}"
+
+
+def precision_runs(precision: Any, accelerator: Any, cell: str) -> bool:
+    """Whether `precision` runs a `cell` model on this machine (GPUs are not probed here)."""
+    return not on_cpu(accelerator) or cpu_kernel_runs(cell, str(precision))
+
+
+def check_precision(precision: Any, accelerator: Any, cell: str) -> None:
+    """An explicit `--trainer.precision` this CPU cannot run is refused in one line, before any run starts."""
+    if precision_runs(precision, accelerator, cell):
+        return
+    raise ConfigError(
+        f"--trainer.precision {precision} cannot run {_a(cell)} on this CPU ({cpu_name()}): it has no"
+        f" {missing_feature(str(precision))}, and torch has no {precision} {cell.upper()} kernel without them;"
+        " pass --trainer.precision 32-true, or leave it out (null picks what this machine runs)"
+    )
+
+
+def evaluation_precision(trained: str, accelerator: Any, cell: str) -> tuple[str, Optional[str]]:
+    """The precision to evaluate or resume a checkpoint in, and a line to print when it is not `trained`.
+
+    The checkpoint's training precision where this machine runs it; else fp32, the nearest that
+    runs everywhere (a bf16-mixed checkpoint's weights are fp32 already; docs/precision.md
+    measures what evaluating it in fp32 changes).
+    """
+    if precision_runs(trained, accelerator, cell):
+        return trained, None
+    return "32-true", (
+        f"using 32-true: the checkpoint was trained in {trained}, which this CPU ({cpu_name()}) cannot run for"
+        f" {_a(cell)} (it has no {missing_feature(trained)}); see docs/precision.md"
+    )
+
+
+def auto_precision(accelerator: Any, batch_size: int, sequence: str = "rows", cell: str = "lstm") -> str:
     """bf16-mixed only where it was measured to lose nothing and to be computed natively; else 32-true.
 
     - Rows (28 steps) at batch 32 or more: bf16 on hardware that computes it natively (docs/precision.md
@@ -38,7 +150,7 @@ def auto_precision(accelerator: Any, batch_size: int, sequence: str = "rows") ->
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
     if str(accelerator) in ("auto", "cpu") and batch_size >= 32:
-        return "bf16-mixed" if native_bf16_cpu() else "32-true"
+        return "bf16-mixed" if native_bf16_cpu() and cpu_kernel_runs(cell, "bf16-mixed") else "32-true"
     return "32-true"
 
 

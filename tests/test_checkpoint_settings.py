@@ -2,11 +2,13 @@
 
 import csv
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from mnist_rnn import hardware
 from mnist_rnn.checkpoints import read_checkpoint
 from tests.conftest import TINY, cli_error, run_cli, write_idx
 
@@ -73,11 +75,96 @@ def test_a_flag_that_contradicts_the_checkpoint_is_refused(bright, tmp_path, mon
     assert message.startswith(f"checkpoint {bright['ckpt']} was trained with model.hidden_size 16 but this command sets 32;")
 
 
-@pytest.mark.parametrize("trained_in", ["32-true", "bf16-mixed"])
-def test_evaluation_uses_the_checkpoints_training_precision(tmp_path, trained_in):
-    cli, _ = run_cli("fit", "-c", TINY, "--trainer.max_epochs", "1", "--trainer.precision", trained_in, cwd=tmp_path)
+# Whether this CPU runs the LSTM in bf16-mixed: only with AVX512-BF16 or AMX (measured, docs/precision.md).
+LSTM_BF16_RUNS = hardware.cpu_kernel_runs("lstm", "bf16-mixed")
+
+
+@pytest.mark.parametrize("cell, trained_in", [("lstm", "32-true"), ("gru", "bf16-mixed")])
+def test_evaluation_uses_the_checkpoints_training_precision(tmp_path, cell, trained_in):
+    # A GRU runs in bf16-mixed on every CPU (autocast leaves its recurrence in fp32), so this runs everywhere.
+    cli, _ = run_cli("fit", "-c", TINY, "--trainer.max_epochs", "1", "--trainer.precision", trained_in,
+                     "--model.cell", cell, cwd=tmp_path)  # fmt: skip
     ckpt = tmp_path / cli.trainer.checkpoint_callback.best_model_path
     assert read_checkpoint(ckpt)["precision"] == trained_in
     for subcommand in ("test", "validate"):
-        evaluated, _ = run_cli(subcommand, "--ckpt_path", str(ckpt), "--trainer.limit_val_batches", "1", cwd=tmp_path)
-        assert evaluated.trainer.precision == trained_in  # tiny's batch of 64 alone would pick bf16 on this CPU
+        evaluated, out = run_cli(subcommand, "--ckpt_path", str(ckpt), "--trainer.limit_val_batches", "1", cwd=tmp_path)
+        assert evaluated.trainer.precision == trained_in  # tiny's batch of 64 alone would pick bf16 on a bf16 CPU
+        assert "using 32-true" not in out
+
+
+def bf16_lstm_checkpoint(folder: Path) -> Path:
+    """A checkpoint of an LSTM that records bf16-mixed: trained so where this CPU runs it; elsewhere a
+    32-true one relabelled, which differs only in that label (bf16-mixed keeps fp32 weights)."""
+    trained_in = "bf16-mixed" if LSTM_BF16_RUNS else "32-true"
+    cli, _ = run_cli("fit", "-c", TINY, "--trainer.max_epochs", "1", "--trainer.precision", trained_in, cwd=folder)
+    ckpt = folder / cli.trainer.checkpoint_callback.best_model_path
+    checkpoint = torch.load(ckpt, weights_only=True)
+    assert all(t.dtype == torch.float32 for t in checkpoint["state_dict"].values() if t.is_floating_point())
+    checkpoint["precision"] = "bf16-mixed"
+    torch.save(checkpoint, folder / "bf16.ckpt")
+    return folder / "bf16.ckpt"
+
+
+FALLBACK = re.compile(
+    r"mnist-rnn: using 32-true: the checkpoint was trained in bf16-mixed, which this CPU \(.+\) cannot run for an"
+    r" LSTM \(it has no AVX512-BF16 or AMX\); see docs/precision.md"
+)
+
+
+def evaluate_everywhere(ckpt: Path, folder: Path) -> list[tuple[str, str]]:
+    """test, validate and predict of a checkpoint: (the precision each ran in, what each printed)."""
+    runs = []
+    for subcommand in ("test", "validate", "predict"):
+        extra = ["--trainer.limit_test_batches", "1", "--trainer.limit_val_batches", "1"]
+        if subcommand == "predict":
+            Image.fromarray(torch.zeros(28, 28, dtype=torch.uint8).numpy()).save(folder / "blank.png")
+            extra = ["--data.predict_path", str(folder / "blank.png"), "--predictions.output", str(folder / "p.csv")]
+        cli, out = run_cli(subcommand, "--ckpt_path", str(ckpt), *extra, cwd=folder)
+        runs.append((str(cli.trainer.precision), out))
+    return runs
+
+
+def test_a_bf16_checkpoint_runs_in_bf16_where_it_can_and_in_fp32_with_one_line_elsewhere(tmp_path):
+    # This machine's real kernels: on a CPU with AVX512-BF16 the first branch, on one without the second.
+    for precision, out in evaluate_everywhere(bf16_lstm_checkpoint(tmp_path), tmp_path):
+        notes = [line for line in out.splitlines() if line.startswith("mnist-rnn: using")]
+        if LSTM_BF16_RUNS:
+            assert (precision, notes) == ("bf16-mixed", [])
+        else:
+            assert precision == "32-true" and len(notes) == 1 and FALLBACK.fullmatch(notes[0]), out
+
+
+def test_without_bf16_kernels_a_bf16_checkpoint_is_evaluated_in_fp32(tmp_path, monkeypatch):
+    # The other kind of CPU, simulated on any machine: the probe reports no bf16 LSTM kernel.
+    ckpt = bf16_lstm_checkpoint(tmp_path)
+    monkeypatch.setattr(hardware, "cpu_kernel_runs", lambda cell, precision: precision == "32-true")
+    for precision, out in evaluate_everywhere(ckpt, tmp_path):
+        assert precision == "32-true"
+        assert len([line for line in out.splitlines() if FALLBACK.fullmatch(line)]) == 1, out
+
+
+def test_an_explicit_precision_that_cannot_run_is_one_line_before_any_run_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hardware, "cpu_kernel_runs", lambda cell, precision: precision == "32-true")
+    for precision in ("bf16-mixed", "bf16-true"):
+        message = cli_error(capsys, "fit", "-c", TINY, "--trainer.precision", precision)
+        assert re.fullmatch(
+            rf"--trainer\.precision {precision} cannot run an LSTM on this CPU \(.+\): it has no AVX512-BF16 or AMX,"
+            rf" and torch has no {precision} LSTM kernel without them; pass --trainer\.precision 32-true, or leave it"
+            r" out \(null picks what this machine runs\)",
+            message,
+        ), message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_an_explicit_bf16_lstm_request_runs_where_the_cpu_has_the_kernel_and_is_refused_elsewhere(tmp_path, monkeypatch, capsys):
+    # The real kernels of this machine (the branches are simulated for both kinds in the tests above).
+    monkeypatch.chdir(tmp_path)
+    command = ["fit", "-c", TINY, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+               "--trainer.precision", "bf16-mixed"]  # fmt: skip
+    if LSTM_BF16_RUNS:
+        cli, _ = run_cli(*command, cwd=tmp_path)
+        assert cli.trainer.precision == "bf16-mixed"
+    else:
+        assert cli_error(capsys, *command).startswith("--trainer.precision bf16-mixed cannot run an LSTM on this CPU")
+        assert not (tmp_path / "runs").exists()

@@ -3,15 +3,19 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from mnist_rnn import hardware
+from mnist_rnn.errors import ConfigError
 
 
-def test_the_private_bf16_probes_still_exist():
-    # hardware.native_bf16_cpu relies on these private torch helpers (checked with torch 2.14.1).
-    assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)
-    assert isinstance(hardware.native_bf16_cpu(), bool)
+def test_the_bf16_flags_agree_with_torchs_own_probe():
+    # torch's own answer (private helpers of torch 2.14.1, read here only as a cross-check): the
+    # kernel's flags, which hardware.native_bf16_cpu reads, must say the same on every CPU.
+    torchs = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert hardware.native_bf16_cpu() == torchs
+    assert ("avx2" in hardware.cpu_flags()) == (torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
 
 
 def test_small_batches_train_in_fp32_on_one_thread():
@@ -22,6 +26,46 @@ def test_small_batches_train_in_fp32_on_one_thread():
 def test_large_batches_use_bf16_only_where_the_cpu_has_it():
     expected = "bf16-mixed" if hardware.native_bf16_cpu() else "32-true"
     assert hardware.auto_precision("cpu", 128) == expected
+
+
+def test_the_kernel_probe_matches_what_was_measured_on_this_kind_of_cpu():
+    # Measured with torch 2.14.1 (docs/precision.md): fp32 runs everywhere; a GRU runs in every
+    # precision (autocast leaves a CPU GRU in fp32); an LSTM in bf16-mixed needs native bf16 (oneDNN).
+    for cell in ("lstm", "gru"):
+        assert hardware.cpu_kernel_runs(cell, "32-true")
+        assert hardware.cpu_kernel_runs(cell, "bf16-true")
+    assert hardware.cpu_kernel_runs("gru", "bf16-mixed")
+    if hardware.native_bf16_cpu():
+        assert hardware.cpu_kernel_runs("lstm", "bf16-mixed")
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":  # no AVX-512 at all: the CPU of issue 18
+        assert not hardware.cpu_kernel_runs("lstm", "bf16-mixed")
+        assert not hardware.cpu_kernel_runs("lstm", "bf16")  # Lightning's short name of bf16-mixed
+
+
+@pytest.mark.parametrize("kernel_runs", [True, False])
+def test_a_checkpoints_precision_is_kept_where_it_runs_else_fp32_with_a_reason(monkeypatch, kernel_runs):
+    # Both kinds of CPU, whichever this one is: the probe is simulated.
+    monkeypatch.setattr(hardware, "cpu_kernel_runs", lambda cell, precision: kernel_runs or precision == "32-true")
+    precision, note = hardware.evaluation_precision("bf16-mixed", "cpu", "lstm")
+    if kernel_runs:
+        assert (precision, note) == ("bf16-mixed", None)
+    else:
+        assert precision == "32-true"
+        assert note.startswith("using 32-true: the checkpoint was trained in bf16-mixed, which this CPU (")
+        assert note.endswith(") cannot run for an LSTM (it has no AVX512-BF16 or AMX); see docs/precision.md")
+    assert hardware.evaluation_precision("32-true", "cpu", "lstm") == ("32-true", None)
+
+
+def test_an_impossible_explicit_precision_is_refused_and_a_possible_one_passes(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_kernel_runs", lambda cell, precision: cell == "gru" or precision == "32-true")
+    with pytest.raises(ConfigError, match=r"^--trainer.precision 16-mixed cannot run an LSTM on this CPU .*no AVX512-FP16 or AMX-FP16"):
+        hardware.check_precision("16-mixed", "cpu", "lstm")
+    hardware.check_precision("bf16-mixed", "cpu", "gru")
+    hardware.check_precision("32-true", "cpu", "lstm")
+    # A GPU run is not judged by the CPU's kernels.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    hardware.check_precision("bf16-mixed", "auto", "lstm")
+    hardware.check_precision("bf16-mixed", "gpu", "lstm")
 
 
 def test_784_step_sequences_train_in_fp32():
