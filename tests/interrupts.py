@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import lightning as L
+import torch
 
 
 class Pace(L.Callback):
@@ -47,3 +48,15 @@ class RecordStop(L.Callback):
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / f"rank{trainer.global_rank}").write_text(str(trainer.global_step))
+
+
+class PoisonWeights(L.Callback):
+    """Sets one weight to inf when training reaches a step: a divergence in every precision and on every CPU."""
+
+    def __init__(self, step: int = 5) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).view(-1)[0] = float("inf")

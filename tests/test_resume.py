@@ -146,20 +146,25 @@ trainer:
 """
 
 
-def test_non_finite_training_stops_naming_step_and_cause_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("precision", ["32-true", "bf16-true"])  # both run on every CPU (docs/precision.md)
+def test_non_finite_training_stops_naming_step_and_cause_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys, precision):
+    # The weights are set to inf at step 5 (tests/interrupts.py): a divergence in any precision, unlike a
+    # huge learning rate, whose fp32 run stayed finite on CPUs without bf16 (issue 18).
     monkeypatch.chdir(tmp_path)
     Path("every_step.yaml").write_text(EVERY_STEP)
     with pytest.raises(SystemExit) as stop:
-        main(["fit", "-c", TINY, "-c", "every_step.yaml", "--model.lr", "1e30"])
+        main(["fit", "-c", TINY, "-c", "every_step.yaml", "--model.lr", "0.01", "--trainer.precision", precision,
+              "--trainer.callbacks+=tests.interrupts.PoisonWeights", "--trainer.callbacks.step=5"])  # fmt: skip
     assert stop.value.code == 2
     message = capsys.readouterr().err.splitlines()[-1]
     match = re.fullmatch(
         r"mnist-rnn: error: the (loss became nan|weights stopped being finite numbers) in step (\d+) \(epoch 1\):"
-        r" the learning rate \(model\.lr=1e\+30\) is most likely too high; training stopped and the last good"
+        r" the learning rate \(model\.lr=0\.01\) is most likely too high; training stopped and the last good"
         r" checkpoint, (\S+), is kept\. Lower --model\.lr and start again",
         message,
     )
     assert match, message
+    assert int(match[2]) == 6  # the poisoned step: 5 steps were done when the weight was set to inf
     kept = read_checkpoint(match[3])
     assert Path(match[3]) == LAST
     assert kept["global_step"] == int(match[2]) - 1  # the step before, saved when it was still sound
