@@ -35,7 +35,7 @@ from torch import nn
 
 from mnist_rnn.cli import MnistRnnCLI, cli_main, config_file
 from mnist_rnn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
-from mnist_rnn.hardware import native_bf16_cpu
+from mnist_rnn.hardware import cpu_kernel_runs, cpu_name, missing_feature, native_bf16_cpu
 from mnist_rnn.mnist_files import EMBEDDED_DIR, IDX_FILES, load_split
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,14 +65,12 @@ def lstm_train_flop_per_sample(hidden: int, steps: int = 28, inputs: int = 28) -
     return 3 * forward
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def bf16_not_applicable() -> Optional[str]:
+    """Why bf16 rows cannot be measured on this CPU, or None where they can: without native bf16 the
+    LSTM has no bf16-mixed kernel here, and emulated bf16 would compare nothing like with like."""
+    if native_bf16_cpu() and cpu_kernel_runs("lstm", "bf16-mixed"):
+        return None
+    return f"not applicable: this CPU ({cpu_name()}) has no {missing_feature('bf16')}"
 
 
 def load() -> list[float]:
@@ -386,6 +384,9 @@ def throughput(name: str, case: dict, reps: int, smoke: bool, tmp: Path, raw_roo
     cli = workdir = None
     for precision in case["precisions"]:
         bf16 = precision == "bf16-mixed"
+        if bf16 and bf16_not_applicable():
+            rows[precision] = {"precision": precision, "not_applicable": bf16_not_applicable()}
+            continue
         runs: dict = {k: {t: [] for t in THREADS} for k in ("project", "project_epochs", "handwritten", "bare")}
         for rep in range(reps):
             for t in THREADS:
@@ -432,7 +433,7 @@ def run(smoke: bool, sections: tuple[str, ...] = SECTIONS, reps: Optional[int] =
     torch.set_num_threads(max(THREADS))
     mm_seconds, mm_n = (0.2, 256) if smoke else (3.0, 1024)
     results["matmul_gflops"] = {"fp32": matmul_gflops(torch.float32, mm_n, mm_seconds)}
-    if native_bf16_cpu():
+    if not bf16_not_applicable():
         results["matmul_gflops"]["bf16"] = matmul_gflops(torch.bfloat16, mm_n, mm_seconds)
 
     dm = MNISTDataModule()
@@ -508,8 +509,11 @@ def report(results: dict) -> str:
         lines.append(header)
         for name, entry in results["throughput"].items():
             for precision, row in entry["rows"].items():
-                b = row["best"]
                 label = f"{name} H{entry['hidden']} B{entry['batch']} {'bf16' if 'bf16' in precision else 'fp32'}"
+                if "not_applicable" in row:
+                    lines.append(f"{label:<30}{row['not_applicable']}")
+                    continue
+                b = row["best"]
                 peak = row["fraction_of_matmul_peak"]
                 lines.append(
                     f"{label:<30}{_fmt_best(b, 'project'):>17}{_fmt_best(b, 'project_epochs'):>17}"

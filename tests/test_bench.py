@@ -15,11 +15,18 @@ def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
     assert results["matmul_gflops"]["fp32"] > 0
     assert len(results["load_at_start"]) == 3 and len(results["load_at_end"]) == 3
     default, seed = results["throughput"]["default"], results["throughput"]["seed"]
-    # Like for like: the default model in both precisions, the seed model in fp32 only.
+    # Like for like: the default model in both precisions, the seed model in fp32 only; bf16 is
+    # measured where the CPU computes it natively and reported as not applicable elsewhere.
     assert set(default["rows"]) == {"32-true", "bf16-mixed"} and set(seed["rows"]) == {"32-true"}
     assert seed["batch"] == 10
+    if bench.bf16_not_applicable() is None:
+        assert "bf16" in results["matmul_gflops"] and "best" in default["rows"]["bf16-mixed"]
+    else:
+        assert default["rows"]["bf16-mixed"]["not_applicable"].startswith("not applicable: this CPU (")
+        assert "bf16" not in results["matmul_gflops"]
+        assert "default H16 B128 bf16" in printed and "not applicable: this CPU" in printed
     for entry in (default, seed):
-        for row in entry["rows"].values():
+        for row in (r for r in entry["rows"].values() if "not_applicable" not in r):
             for side in ("project", "handwritten", "bare"):
                 # Every side is measured at each thread count, and the table names the faster one.
                 measured = row["medians"][side]
@@ -32,7 +39,7 @@ def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
             )
     # The default model's whole-epoch rate (validation, dashboards and checkpoints included);
     # the seed model's runs are shorter than an epoch.
-    assert all(row["best"]["project_epochs"]["samples_per_s"] > 0 for row in default["rows"].values())
+    assert all(row["best"]["project_epochs"]["samples_per_s"] > 0 for row in default["rows"].values() if "best" in row)
     assert "project_epochs" not in seed["rows"]["32-true"]["best"]
     assert default["inference_samples_per_s"] > 0 and default["predict_files_per_s"] > 0
     anchor = results["anchor"]
@@ -62,3 +69,13 @@ def test_unknown_section_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--smoke", "--only", "throughput,speed"])
     assert "unknown section 'speed'" in capsys.readouterr().err
+
+
+def test_without_native_bf16_the_bf16_rows_are_not_applicable(monkeypatch):
+    # The other kind of CPU, simulated whichever this one is.
+    monkeypatch.setattr(bench, "native_bf16_cpu", lambda: False)
+    reason = bench.bf16_not_applicable()
+    assert reason.startswith("not applicable: this CPU (") and reason.endswith("has no AVX512-BF16 or AMX")
+    row = bench.throughput("default", {**bench.CASES["default"], "precisions": ("bf16-mixed",)}, 1, True, None, None,
+                           None, None, {})  # fmt: skip
+    assert row["rows"] == {"bf16-mixed": {"precision": "bf16-mixed", "not_applicable": reason}}
