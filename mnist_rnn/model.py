@@ -231,7 +231,7 @@ class RecurrentClassifier(L.LightningModule):
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         # Before the Lightning step's first hook (on_train_batch_start, where LearningRateMonitor
         # looks), so that every hook of the step sees the loggers' step after its last optimizer step.
-        if not self.automatic_optimization and self._trainer is not None and self.trainer.training and isinstance(batch, list):
+        if not self.automatic_optimization and self.trainer.training and isinstance(batch, list):
             count_logger_steps(self.trainer, len(batch) - 1)
         return batch
 
@@ -267,8 +267,8 @@ class RecurrentClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The precision the weights were trained in: test, validate, predict and a resumed fit use it.
-        if self._trainer is not None:
-            checkpoint["precision"] = str(self._trainer.precision)
+        # (Lightning calls this hook only from trainer.save_checkpoint, so a trainer is attached.)
+        checkpoint["precision"] = str(self.trainer.precision)
 
     def on_train_start(self) -> None:
         check_schedule_length(self.trainer, self.hparams.scheduler, self.optimizer_steps())
@@ -298,7 +298,7 @@ class RecurrentClassifier(L.LightningModule):
         # Fused Adam updates all parameters in one kernel instead of a handful of ops per tensor,
         # which matters when a step takes a millisecond (batch 10). Lightning's mixed-precision
         # plugin refuses gradient clipping with fused optimizers, so clipped runs use foreach.
-        clipping = bool(self._trainer is not None and self.trainer.gradient_clip_val)
+        clipping = bool(self.trainer.gradient_clip_val)
         optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, clipping)
         if hp.scheduler == "none":
             return optimizer

@@ -44,16 +44,15 @@ class RunLogger(TensorBoardLogger):
         # up to two minutes in memory), so a run killed later and resumed from that checkpoint has
         # no gap in its curves. The checkpoint's own step logs its scalars just after the checkpoint
         # callbacks ran: those are flushed as soon as they come (log_metrics below).
-        if self._experiment is not None:
-            self._experiment.flush()
+        self.experiment.flush()
         self._flush_next = True
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         super().log_metrics(metrics, step)
-        if getattr(self, "_flush_next", False) and self._experiment is not None:
+        if getattr(self, "_flush_next", False):
             self._flush_next = False
-            self._experiment.flush()
+            self.experiment.flush()
 
 
 def _unwritable(folder: str, err: OSError) -> OutputError:
