@@ -21,7 +21,7 @@ from typing import Any, NoReturn, Optional
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -37,7 +37,7 @@ from mnist_rnn.hardware import (
 )
 from mnist_rnn.model import RecurrentClassifier
 from mnist_rnn.predictions import PredictionCSVWriter, report_skipped
-from mnist_rnn.progress import default_progress_bar, fit_report
+from mnist_rnn.progress import SummaryWithoutFlops, default_progress_bar, fit_report
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -133,6 +133,11 @@ class MnistRnnCLI(LightningCLI):
             raise resume.mismatch_error(path, found_by_last, *conflict)
         self.config = self.parser.parse_object({subcommand: saved}, self.config)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # As Lightning's, without its warning about `args` given beside sys.argv: main() always
+        # passes the command line itself, with the bundled config names resolved.
+        self.config = parser.parse_args(args)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         if self.subcommand == "fit" and config.model.steps_per_execution > 1 and config.trainer.gradient_clip_val:
@@ -180,6 +185,10 @@ class MnistRnnCLI(LightningCLI):
             isinstance(c, ProgressBar) for c in configured
         ):
             extra.append(default_progress_bar())
+        if trainer.get("enable_model_summary", True) is not False and not any(
+            isinstance(c, ModelSummary) for c in configured
+        ):
+            extra.append(SummaryWithoutFlops())
         if os.environ.get("MNIST_RNN_SWEEP"):  # a trial of `mnist-rnn sweep`: report back to it (not saved in config.yaml)
             from mnist_rnn.sweep import trial_callbacks
 
@@ -198,10 +207,11 @@ class MnistRnnCLI(LightningCLI):
 
 
 class _DropTips(logging.Filter):
-    """Lightning's advertising tips say nothing about the run."""
+    """Lightning's advertising tips, and its note that our summary replaces its own, say nothing about the run."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip:" not in record.getMessage()
+        message = record.getMessage()
+        return "Tip:" not in message and "Skipping setting a default `ModelSummary`" not in message
 
 
 def bundled_configs(args: list[str]) -> list[str]:

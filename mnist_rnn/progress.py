@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
 from mnist_rnn.resume import newest_in
 
@@ -100,3 +101,26 @@ def fit_report(trainer: L.Trainer) -> str:
         command += ["--ckpt_path", best]
         lines.append("test it: " + shlex.join(command))
     return "\n".join(lines)
+
+
+class SummaryWithoutFlops(ModelSummary):
+    """Lightning's model summary without its FLOPs column and total.
+
+    Lightning counts FLOPs only through an `example_input_array` and, for an LSTM, counts none
+    (torch's FLOP counter has no formula for its kernel), so its summary ended in `0 Total Flops`:
+    a wrong figure on the first screen of every command.
+    """
+
+    @staticmethod
+    def summarize(summary_data, total_parameters: int, trainable_parameters: int, model_size: float,
+                  total_training_modes: dict, total_flops: int, **summarize_kwargs) -> None:  # fmt: skip
+        columns = [(name, [str(v) for v in values]) for name, values in summary_data if name != "FLOPs"]
+        widths = [max([len(name), *map(len, values)]) for name, values in columns]
+        rows = [[name for name, _ in columns], *zip(*(values for _, values in columns))]
+        lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+        rule = "-" * max(map(len, lines))
+        lines[1:1] = [rule]
+        lines += [rule, f"{get_human_readable_count(trainable_parameters):<10}Trainable params",
+                  f"{get_human_readable_count(total_parameters):<10}Total params",
+                  f"{model_size:<10.3f}Total estimated model params size (MB)"]  # fmt: skip
+        print("\n".join(lines), flush=True)

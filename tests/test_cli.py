@@ -207,3 +207,14 @@ def test_predict_has_its_csv_options_and_fit_has_not(capsys):
         with pytest.raises(SystemExit):
             cli_main([subcommand, "--help"])
         assert ("--predictions.output" in capsys.readouterr().out) is present
+
+
+def test_the_first_screen_of_fit_has_no_warning_and_no_unmeasured_flops(tmp_path):
+    # As a user sees it: a process of its own, so that sys.argv is the command line.
+    fit = subprocess.run([sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, "--trainer.max_epochs", "1",
+                          "--trainer.limit_train_batches", "2"], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    screen = fit.stdout + fit.stderr
+    assert "Warning" not in screen and "warn" not in screen.lower(), screen
+    assert "Flops" not in screen and "FLOPs" not in screen  # Lightning counts none for an LSTM: it printed 0
+    assert "Trainable params" in screen and "| RecurrentNet" in screen  # the summary itself stays
