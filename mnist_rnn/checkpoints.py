@@ -13,11 +13,11 @@ import inspect
 import os
 import time
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.serialization import get_unsafe_globals_in_checkpoint
@@ -28,7 +28,7 @@ from mnist_rnn.model import upgrade_state_dict
 _FIX = "pass a checkpoint file written by `mnist-rnn fit` (runs/<config>/version_<N>/checkpoints/*.ckpt)"
 
 
-def read_checkpoint(path: _PATH, map_location: Union[str, Callable, None] = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: Union[str, Path], map_location: Union[str, Callable, None] = "cpu") -> dict[str, Any]:
     """The content of a Lightning checkpoint file, or a CheckpointError that says what is wrong with it."""
     path = Path(path)
     if not path.exists():
@@ -75,7 +75,7 @@ PREPROCESSING = ("mean", "std")
 RUN_DATA = ("batch_size", "val_size", "split_seed", "max_shift", *PREPROCESSING)
 
 
-def saved_settings(checkpoint: dict[str, Any], path: _PATH, model_class: type, data_keys: tuple[str, ...]) -> dict:
+def saved_settings(checkpoint: dict[str, Any], path: Union[str, Path], model_class: type, data_keys: tuple[str, ...]) -> dict:
     """{"model": {...}, "data": {...}}: the settings a checkpoint was trained with.
 
     Refused when model_class has no such model settings (a checkpoint of another model).
@@ -104,7 +104,7 @@ def contradiction(given, defaults, saved: dict[str, dict[str, Any]]) -> Optional
     return None
 
 
-def check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: _PATH) -> None:
+def check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
     """Refuse weights that do not fit the model: other layers, or layers of another size."""
     expected = model.state_dict()
     found = upgrade_state_dict(checkpoint["state_dict"])
@@ -134,7 +134,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
     kill at any moment leaves either the previous checkpoint or the new one, never a torn file.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Optional[Any] = None) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None) -> None:
         path = Path(path)
         staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
@@ -159,7 +159,7 @@ class SafeCheckpointIO(TorchCheckpointIO):
             raise
 
     def load_checkpoint(
-        self, path: _PATH, map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None
+        self, path: Union[str, Path], map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None
     ) -> dict[str, Any]:
         # weights_only is ignored on purpose: `--weights_only false` must not open the door to pickled code.
         return read_checkpoint(path, map_location=map_location)
@@ -179,27 +179,34 @@ def _fsync_folder(folder: Path) -> None:
 
 
 class TimedCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose `train_time_interval` also works when a Lightning step takes several
-    optimizer steps (model.steps_per_execution > 1, manual optimization).
+    """A checkpoint after every `train_time_interval` of training, with one optimizer step per
+    Lightning step or several (model.steps_per_execution > 1, manual optimization).
 
     lightning 2.6.6's ModelCheckpoint.on_train_batch_end looks only at `every_n_train_steps` under
     manual optimization and ignores `train_time_interval`, so such a run would write its
-    checkpoints only at validation and epoch ends. This does there what its automatic branch does,
-    with the same private members of ModelCheckpoint (2.6.6). tests/test_steps_per_execution.py
-    checks both that Lightning still skips it and that this saves mid-epoch.
+    checkpoints only at validation and epoch ends. This keeps its own clock and saves through the
+    public `trainer.save_checkpoint`. It stays a ModelCheckpoint so that Lightning runs it after
+    every other callback (StopOnNonFinite checks a step before anything of it is saved) and finds
+    its folder as for the others. tests/test_steps_per_execution.py checks both that Lightning
+    still skips it and that this saves mid-epoch.
     """
 
+    def __init__(self, train_time_interval: timedelta, filename: str = "last", **kwargs: Any) -> None:
+        super().__init__(filename=filename, train_time_interval=train_time_interval, **kwargs)
+        self.interval = train_time_interval.total_seconds()
+        self._since: Optional[float] = None
+        self._saved_step: Optional[int] = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._since = time.monotonic()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        interval = self._train_time_interval
-        if pl_module.automatic_optimization or interval is None:
-            return super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        if self._should_skip_saving_checkpoint(trainer):
-            return
         now = time.monotonic()
-        due = self._last_time_checked is not None and now - self._last_time_checked >= interval.total_seconds()
-        if not trainer.strategy.broadcast(due):  # rank 0's clock decides
+        due = self._since is not None and now - self._since >= self.interval and trainer.global_step != self._saved_step
+        if trainer.sanity_checking or not trainer.strategy.broadcast(due):  # rank 0's clock decides
             return
-        self._last_time_checked = now
-        candidates = self._monitor_candidates(trainer)
-        self._save_topk_checkpoint(trainer, candidates)
-        self._save_last_checkpoint(trainer, candidates)
+        self._since, self._saved_step = now, trainer.global_step
+        trainer.save_checkpoint(Path(self.dirpath) / f"{self.filename}{self.FILE_EXTENSION}", self.save_weights_only)
+        for logger in trainer.loggers:  # as ModelCheckpoint does: RunLogger flushes its events with each checkpoint
+            logger.after_save_checkpoint(self)

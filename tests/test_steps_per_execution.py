@@ -147,6 +147,16 @@ def test_time_based_checkpoints_need_timed_checkpoint_under_several_steps(tmp_pa
         assert not saved.exists()
 
 
+def test_timed_checkpoint_saves_by_time_with_one_step_per_batch_too(tmp_path, monkeypatch):
+    # conf/default.yaml's every-minute last.ckpt runs with K = 1: the same callback must save there.
+    monkeypatch.chdir(tmp_path)
+    Path("same_run.yaml").write_text(SAME_RUN)
+    timed = json.dumps({"class_path": "mnist_rnn.checkpoints.TimedCheckpoint",
+                        "init_args": {"filename": "timed", "train_time_interval": "0:00:00"}})  # fmt: skip
+    fit(1, "timed", "--trainer.max_steps", "50", f"--trainer.callbacks+={timed}")
+    assert read_checkpoint(Path("runs/timed/version_0/checkpoints/timed.ckpt"))["global_step"] == 50
+
+
 def test_counts_that_the_steps_do_not_divide_are_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     Path("same_run.yaml").write_text(SAME_RUN)
