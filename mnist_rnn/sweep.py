@@ -137,9 +137,12 @@ class Sweep:
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             if not best:
                 raise TrialFailed(f"trial {trial.number} saved no checkpoint to test; keep a ModelCheckpoint in the config")
+            value = float(trainer.callback_metrics[spec.metric])
+            self.record(trial, trainer, started, best_checkpoint=best)  # before the test replaces the metrics
             with self.logged_to(self.folder / run_name / "test.log"):
                 tested = trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)
-            self.record(trial, trainer, started, best_checkpoint=best, **{"test/acc": tested[0]["test/acc"]})
+            trial.set_user_attr("test/acc", tested[0]["test/acc"])
+            trial.set_user_attr("wall_s", round(time.perf_counter() - started, 1))
         except optuna.TrialPruned:
             self.record(trial, kept.trainer, started)
             print(f"trial {trial.number}: pruned after epoch {kept.trainer.current_epoch + 1}", flush=True)
@@ -147,7 +150,6 @@ class Sweep:
         except (TrainingStopped, KeyboardInterrupt):
             trial.set_user_attr("stopped", True)  # not broken: --resume queues it again
             raise
-        value = float(trainer.callback_metrics[spec.metric])
         print(f"trial {trial.number}: {spec.metric} {value:.4f}  test/acc {percent(trial.user_attrs['test/acc'])}"
               f"  ({trial.user_attrs['wall_s']:.0f} s)  {trial.user_attrs['run']}", flush=True)
         return value
@@ -170,7 +172,7 @@ class Sweep:
         args = ["fit", *self.spec.fit_args(), *(flag(k, v) for k, v in params.items())]
         args += [flag("seed_everything", seed)] if seed is not None else []
         args += [flag("threads", self.threads)] if self.threads else []
-        args += [flag("trainer.logger.init_args.save_dir", str(self.folder.parent)), flag("trainer.logger.init_args.name", run_name)]
+        args += [flag("trainer.logger.init_args.save_dir", str(self.folder)), flag("trainer.logger.init_args.name", run_name)]
         if resume.newest_checkpoint(self.folder / run_name) is not None:  # an earlier attempt's (fit resolves `last` alike)
             args += ["--ckpt_path", resume.LAST]
         # The trial's callbacks go to Lightning as persistent callbacks (trainer_defaults), not into
@@ -225,12 +227,12 @@ class Sweep:
             command = shlex.join(["mnist-rnn", "test", "-c", f"{best.user_attrs['run']}/config.yaml", "--ckpt_path", best.user_attrs["best_checkpoint"]])
             summary.update(best_trial=best.number, best_params=best.params, best_value=best.value, **stats,
                            best_checkpoint=best.user_attrs["best_checkpoint"], test_command=command)
+            what = f"{len(tests)} seeds" if self.spec.seeds else f"the best trial ({best.number})"
             if len(tests) > 1:
-                print(f"\ntest/acc over {len(tests)} seeds: {percent(stats['test_acc_mean'])} ± {percent(stats['test_acc_std'])}"
+                print(f"\ntest/acc over {what}: {percent(stats['test_acc_mean'])} ± {percent(stats['test_acc_std'])}"
                       f" (mean ± sample std), min {percent(min(tests))}, max {percent(max(tests))}", file=out)
             else:
-                print(f"\ntest/acc of the best trial ({best.number}): {percent(tests[0])} (one run: run its settings"
-                      " as a seed sweep for mean ± std)", file=out)
+                print(f"\ntest/acc of {what}: {percent(tests[0])} (one run: a seed sweep of it gives mean ± std)", file=out)
             if not self.spec.seeds:
                 print(f"best trial: {best.number}, {self.spec.metric} {best.value:.4f}: {best.params}", file=out)
             print(f"best checkpoint: {best.user_attrs['best_checkpoint']}\ntest it: {command}", file=out)
