@@ -68,6 +68,10 @@ def logged_to(log: Path):
             logging.disable(logging.NOTSET)
 
 
+def settings(params: dict) -> str:
+    return "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+
+
 def suggest(trial: optuna.Trial, name: str, d: Any) -> Any:
     if isinstance(d, CategoricalDistribution):
         return trial.suggest_categorical(name, d.choices)
@@ -76,14 +80,16 @@ def suggest(trial: optuna.Trial, name: str, d: Any) -> Any:
 
 
 class Sweep:
-    def __init__(self, spec: Spec, folder: Path, storage_url: str, threads: Optional[int]) -> None:
+    def __init__(self, spec: Spec, folder: Path, storage_url: str, threads: Optional[int], worker: int = 0) -> None:
         self.spec, self.folder, self.threads = spec, folder, threads
         sqlite = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if storage_url.startswith("sqlite") else {}
         storage = RDBStorage(storage_url, engine_kwargs=sqlite, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                              heartbeat_stale_trial_callback=Retry(inherit_intermediate_values=True))
         sampler = optuna.samplers.RandomSampler if spec.sampler == "random" else optuna.samplers.TPESampler
+        # Worker i draws from sampler_seed + i: workers with one seed would draw the same first trials.
+        seed = None if spec.sampler_seed is None else spec.sampler_seed + worker
         # load_if_exists: workers and machines that start together all find the one study.
-        self.study = optuna.create_study(storage=storage, study_name=spec.name, sampler=sampler(seed=spec.sampler_seed),
+        self.study = optuna.create_study(storage=storage, study_name=spec.name, sampler=sampler(seed=seed),
                                          pruner=make_pruner(spec), direction=spec.direction, load_if_exists=True)
 
     def trials(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
@@ -137,8 +143,8 @@ class Sweep:
         seed = trial.suggest_categorical("seed", spec.seeds) if spec.seeds else None
         origin = Retry.retried_trial_number(next(t for t in self.trials() if t.number == trial.number))
         run = self.folder / (f"seed_{seed}" if spec.seeds else f"trial_{trial.number if origin is None else origin:03d}")
-        shown = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
-        print(f"trial {trial.number}{f' (trial {origin} again)' if origin is not None else ''}: {shown or f'seed {seed}'}", flush=True)
+        again = f" (trial {origin} again)" if origin is not None else ""
+        print(f"trial {trial.number}{again}: {settings(params) or f'seed {seed}'}", flush=True)
         try:
             cli = self.fit(trial, run, params, seed, kept)
         except optuna.TrialPruned:
@@ -170,6 +176,7 @@ class Sweep:
         args = ["fit", *self.spec.fit_args(), *(flag(k, v) for k, v in params.items())]
         args += [flag("seed_everything", seed)] if seed is not None else []
         args += [flag("threads", self.threads)] if self.threads else []
+        args += [flag("trainer.devices", 1)]  # `auto` would be every GPU, under DDP (see check_spec)
         args += [flag("trainer.logger.init_args.save_dir", str(self.folder)), flag("trainer.logger.init_args.name", run.name)]
         args += ["--ckpt_path", resume.LAST] if resume.newest_checkpoint(run) is not None else []
         # Persistent callbacks (LightningCLI's trainer_defaults), not in config.yaml: the run's config.yaml
@@ -222,7 +229,7 @@ class Sweep:
                 what = "1 seed" if self.spec.seeds else f"the best trial ({best.number})"
                 print(f"\ntest/acc of {what}: {tests[0]:.2%} (one run: a seed sweep of its settings gives mean ± std)")
             if not self.spec.seeds:
-                print(f"best trial: {best.number}, {self.spec.metric} {best.value:.4f}: {best.params}")
+                print(f"best trial: {best.number}, {self.spec.metric} {best.value:.4f}: {settings(best.params)}")
             print(f"best checkpoint: {best.user_attrs['best_checkpoint']}\ntest it: {command}")
         if rows:
             print(f"results: {self.folder / 'results.csv'}  (tensorboard --logdir {self.folder}: HPARAMS compares the trials)")
@@ -234,11 +241,11 @@ def quiet_optuna() -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
 
 
-def worker(spec: Spec, folder: Path, storage_url: str, threads: Optional[int]) -> None:
+def worker(spec: Spec, folder: Path, storage_url: str, threads: Optional[int], index: int) -> None:
     """One worker process of --parallel; a failed trial's message is kept in the study for the sweep to show."""
     quiet_optuna()
     try:
-        Sweep(spec, folder, storage_url, threads).work()
+        Sweep(spec, folder, storage_url, threads, index).work()
     except KeyboardInterrupt:
         sys.exit(128 + signal.SIGINT)
     except MnistRnnError as err:
@@ -249,7 +256,7 @@ def run_workers(spec: Spec, folder: Path, url: str, threads: int, n: int) -> lis
     """N worker processes on the study; returns their exit statuses. Ctrl-C reaches
     them all (one process group); a SIGTERM sent to the sweep alone is passed on."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no torch threads or CUDA state inherited
-    workers = [context.Process(target=worker, args=(spec, folder, url, threads)) for _ in range(n)]
+    workers = [context.Process(target=worker, args=(spec, folder, url, threads, i)) for i in range(n)]
     for process in workers:
         process.start()
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: [p.terminate() for p in workers])

@@ -224,7 +224,11 @@ def check_spec(spec: Spec) -> Path:
             parse_fit(spec.fit_args() + values)
         except ValueError as err:
             fail(f"the search space gives values the fit parser refuses: {err}")
-    logger = config["trainer"].get("logger")
+    trainer = config["trainer"]
+    if trainer.get("devices") not in ("auto", 1, "1") or trainer.get("num_nodes") != 1:
+        fail(f"trainer.devices {trainer.get('devices')} / num_nodes {trainer.get('num_nodes')}: a trial runs in its worker's"
+             " process on one device (DDP would restart the sweep); set devices 1 and use --parallel N")
+    logger = trainer.get("logger")
     save_dir = (logger.get("init_args") or {}).get("save_dir") if isinstance(logger, dict) else None
     if save_dir is None:
         fail("the base config has no run logger (trainer.logger with save_dir); a sweep needs its run folders")
