@@ -113,13 +113,15 @@ class Sweep:
                 self.study.enqueue_trial({"seed": seed})
         return len(self.trials(*DONE))
 
-    def enough(self, study: Any = None, trial: Any = None) -> bool:
-        """MaxTrialsCallback's rule, counting trials under way too; a seed sweep's trials come from its queue
-        only. Also the callback that stops `optimize`."""
-        if len(self.trials(*DONE, TrialState.RUNNING)) >= self.spec.n_trials or (self.spec.seeds and not self.trials(TrialState.WAITING)):
-            self.study.stop() if trial is not None else None
-            return True
-        return False
+    def enough(self) -> bool:
+        """MaxTrialsCallback's rule, counting the trials under way too (so that N workers stop at n_trials,
+        not n_trials + N - 1); a seed sweep's trials come from its queue only."""
+        under_way = len(self.trials(*DONE, TrialState.RUNNING))
+        return under_way >= self.spec.n_trials or bool(self.spec.seeds and not self.trials(TrialState.WAITING))
+
+    def stop_when_enough(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if self.enough():
+            study.stop()
 
     def work(self) -> None:
         """Trials until the study has enough; then wait for other workers' (a dead one's is retried here)."""
@@ -127,7 +129,7 @@ class Sweep:
         while True:
             fail_stale_trials(self.study)
             if not self.enough():
-                self.study.optimize(self.objective, callbacks=[self.enough], catch=())
+                self.study.optimize(self.objective, callbacks=[self.stop_when_enough], catch=())
             running = [str(t.number) for t in self.trials(TrialState.RUNNING)]
             if not running:
                 return
@@ -208,7 +210,8 @@ class Sweep:
         rows = [{"trial": t.number, "state": t.state.name.lower(), **t.params, **{k: t.user_attrs.get(k) for k in keys}}
                 for t in sorted(self.trials(*DONE, TrialState.FAIL), key=lambda t: t.params.get("seed", 0))
                 if not (t.state == TrialState.FAIL and (t.user_attrs.get("stopped") or t.number in retried))]
-        summary: dict[str, Any] = {"sweep": self.spec.name, "csv": str(self.folder / "results.csv"), "trials_done": len(self.trials(*DONE))}
+        summary: dict[str, Any] = {"sweep": self.spec.name, "csv": str(self.folder / "results.csv"),
+                                   "trials_done": len(self.trials(*DONE))}
         if rows:
             with open(self.folder / "results.csv", "w", newline="") as handle:
                 writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -218,10 +221,11 @@ class Sweep:
             # A seed sweep is one setting: its statistics cover every seed. A search's best trial is one run.
             tests = [t.user_attrs["test/acc"] for t in (self.trials(TrialState.COMPLETE) if self.spec.seeds else [best])]
             std = statistics.stdev(tests) if len(tests) > 1 else None
-            command = shlex.join(["mnist-rnn", "test", "-c", f"{best.user_attrs['run']}/config.yaml", "--ckpt_path", best.user_attrs["best_checkpoint"]])
-            summary.update(best_trial=best.number, best_params=best.params, best_value=best.value, test_acc_mean=statistics.fmean(tests),
-                           test_acc_std=std, test_acc_min=min(tests), test_acc_max=max(tests), test_acc_n=len(tests),
-                           best_checkpoint=best.user_attrs["best_checkpoint"], test_command=command)
+            checkpoint = best.user_attrs["best_checkpoint"]
+            command = shlex.join(["mnist-rnn", "test", "-c", f"{best.user_attrs['run']}/config.yaml", "--ckpt_path", checkpoint])
+            summary.update(best_trial=best.number, best_params=best.params, best_value=best.value,
+                           test_acc_mean=statistics.fmean(tests), test_acc_std=std, test_acc_min=min(tests),
+                           test_acc_max=max(tests), test_acc_n=len(tests), best_checkpoint=checkpoint, test_command=command)
             if std is not None:
                 print(f"\ntest/acc over {len(tests)} seeds: {statistics.fmean(tests):.2%} ± {std:.2%} (mean ± sample std),"
                       f" min {min(tests):.2%}, max {max(tests):.2%}")
@@ -230,7 +234,7 @@ class Sweep:
                 print(f"\ntest/acc of {what}: {tests[0]:.2%} (one run: a seed sweep of its settings gives mean ± std)")
             if not self.spec.seeds:
                 print(f"best trial: {best.number}, {self.spec.metric} {best.value:.4f}: {settings(best.params)}")
-            print(f"best checkpoint: {best.user_attrs['best_checkpoint']}\ntest it: {command}")
+            print(f"best checkpoint: {checkpoint}\ntest it: {command}")
         if rows:
             print(f"results: {self.folder / 'results.csv'}  (tensorboard --logdir {self.folder}: HPARAMS compares the trials)")
         (self.folder / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -277,11 +281,11 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def sweep_main(argv: list[str]) -> None:
-    parser = _OneLineParser(prog="mnist-rnn sweep", description="One fit config over seeds, or an Optuna search (docs/sweep.md).")
+    parser = _OneLineParser(prog="mnist-rnn sweep", description="One fit config over seeds, or an Optuna search (docs/sweep.md)")
     parser.add_argument("-c", "--config", required=True, help="the sweep file, e.g. conf/sweeps/seeds.yaml")
     parser.add_argument("--resume", action="store_true", help="continue the sweep in runs/<name>/ after a stop or a kill")
     parser.add_argument("--parallel", type=int, default=1, metavar="N", help="N worker processes, each with cores // N threads")
-    parser.add_argument("--storage", metavar="URL", help="an Optuna RDB URL shared by several machines; default: SQLite in runs/<name>/")
+    parser.add_argument("--storage", metavar="URL", help="an Optuna RDB URL shared by machines; default: SQLite in runs/<name>/")
     options = parser.parse_args(argv)
     if options.parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {options.parallel}")
@@ -312,7 +316,8 @@ def sweep_main(argv: list[str]) -> None:
         sweep.summarize()
     stopped = next((code for code in codes if code in STOPPED), None)
     if stopped:
-        extra = [*(["--parallel", str(options.parallel)] if threads else []), *(["--storage", options.storage] if options.storage else [])]
+        extra = ["--parallel", str(options.parallel)] if threads else []
+        extra += ["--storage", options.storage] if options.storage else []
         command = shlex.join(["mnist-rnn", "sweep", "-c", str(spec.path), *extra, "--resume"])
         print(f"mnist-rnn: sweep {spec.name} stopped; resume with: {command}", file=sys.stderr)
         raise SystemExit(stopped)

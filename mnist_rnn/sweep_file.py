@@ -65,7 +65,8 @@ class Spec:
         """The `fit` arguments every trial shares: the base configs, then the overrides (a -c value that
         is not a file is read as YAML text and merged as a file is, so `callbacks+:` appends)."""
         args = [arg for path in self.base for arg in ("-c", str(path))]
-        return args + (["-c", yaml.safe_dump(self.overrides, default_flow_style=True, width=10**6).strip()] if self.overrides else [])
+        overrides = yaml.safe_dump(self.overrides, default_flow_style=True, width=10**6).strip()
+        return args + (["-c", overrides] if self.overrides else [])
 
 
 def find_config(name: str, near: Optional[Path] = None) -> Optional[Path]:
@@ -103,7 +104,8 @@ def load_spec(given: str) -> Spec:
     need(seeds is None or search is None, "give seeds: or search:, not both; search, then run the best settings over seeds")
     if seeds is not None:
         spec.seeds = list(range(1, seeds + 1)) if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
-        need(isinstance(spec.seeds, list) and spec.seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in spec.seeds),
+        integers = isinstance(spec.seeds, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in spec.seeds)
+        need(integers and spec.seeds,
              f"seeds must be a non-empty list of integers or a positive count, got {seeds!r}")
         need(len(set(spec.seeds)) == len(spec.seeds), f"seeds repeat a value: {spec.seeds}")
         spec.n_trials = len(spec.seeds)
@@ -124,13 +126,15 @@ def read_search(need, search: Any, spec: Spec) -> None:
     need(isinstance(n_trials, int) and not isinstance(n_trials, bool) and n_trials > 0,
          f"search.n_trials must be a positive integer, got {n_trials!r}")
     spec.metric = str(search.get("metric", spec.metric))
-    need(spec.metric in FIT_METRICS, f"search.metric {spec.metric} is not logged during fit; choose one of {', '.join(FIT_METRICS)}")
+    need(spec.metric in FIT_METRICS,
+         f"search.metric {spec.metric} is not logged during fit; choose one of {', '.join(FIT_METRICS)}")
     direction = str(search.get("direction", spec.direction))
     need(direction in DIRECTIONS, f"search.direction must be maximize or minimize, got {direction!r}")
     spec.direction, spec.sampler = DIRECTIONS[direction], str(search.get("sampler", spec.sampler))
     need(spec.sampler in ("tpe", "random"), f"search.sampler must be tpe or random, got {spec.sampler!r}")
     spec.sampler_seed = search.get("sampler_seed")
-    need(spec.sampler_seed is None or type(spec.sampler_seed) is int, f"search.sampler_seed must be an integer, got {spec.sampler_seed!r}")
+    need(spec.sampler_seed is None or type(spec.sampler_seed) is int,
+         f"search.sampler_seed must be an integer, got {spec.sampler_seed!r}")
     spec.pruner = search.get("pruner", spec.pruner)
     make_pruner(spec, str(spec.path))  # checked now; each worker builds its own
     params = search.get("params")
@@ -158,7 +162,9 @@ def distribution(need, at: str, rule: Any) -> BaseDistribution:
     need(low < high, f"{at} is an empty range (low {low} >= high {high}); make low smaller than high")
     log, step = bool(rule.get("log", False)), rule.get("step")
     try:  # Optuna's own checks (log needs low > 0, a step must divide the range...), now rather than mid-sweep
-        return IntDistribution(int(low), int(high), log=log, step=step or 1) if kind == "int" else FloatDistribution(float(low), float(high), log=log, step=step)
+        if kind == "int":
+            return IntDistribution(int(low), int(high), log=log, step=step or 1)
+        return FloatDistribution(float(low), float(high), log=log, step=step)
     except (ValueError, TypeError) as err:
         need(False, f"{at}: {' '.join(str(err).split())}")
 
@@ -200,7 +206,11 @@ def parse_fit(args: list[str]) -> dict:
 
 
 def _names(config: dict, at: str = "") -> list[str]:
-    return [k for key, value in config.items() for k in (at + key, *(_names(value, at + key + ".") if isinstance(value, dict) else ()))]
+    """Every option's dotted name, e.g. model.lr."""
+    names = []
+    for key, value in config.items():
+        names += [at + key, *(_names(value, at + key + ".") if isinstance(value, dict) else ())]
+    return names
 
 
 def check_spec(spec: Spec) -> Path:
@@ -219,7 +229,8 @@ def check_spec(spec: Spec) -> Path:
             close = difflib.get_close_matches(name, _names(config), n=1)
             fail(f"search.params.{name} is not a fit option" + (f"; did you mean {close[0]}?" if close else ""))
     for end in (0, -1) if spec.params else ():  # the first and last value of every range and list of choices
-        values = [flag(k, d.choices[end] if isinstance(d, CategoricalDistribution) else (d.low, d.high)[end]) for k, d in spec.params.items()]
+        values = [flag(k, d.choices[end] if isinstance(d, CategoricalDistribution) else (d.low, d.high)[end])
+                  for k, d in spec.params.items()]
         try:
             parse_fit(spec.fit_args() + values)
         except ValueError as err:
