@@ -85,12 +85,14 @@ class Sweep:
         sqlite = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if storage_url.startswith("sqlite") else {}
         storage = RDBStorage(storage_url, engine_kwargs=sqlite, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
                              heartbeat_stale_trial_callback=Retry(inherit_intermediate_values=True))
-        sampler = optuna.samplers.RandomSampler if spec.sampler == "random" else optuna.samplers.TPESampler
-        # Worker i draws from sampler_seed + i: workers with one seed would draw the same first trials.
-        seed = None if spec.sampler_seed is None else spec.sampler_seed + worker
         # load_if_exists: workers and machines that start together all find the one study.
-        self.study = optuna.create_study(storage=storage, study_name=spec.name, sampler=sampler(seed=seed),
-                                         pruner=make_pruner(spec), direction=spec.direction, load_if_exists=True)
+        self.study = optuna.create_study(storage=storage, study_name=spec.name, pruner=make_pruner(spec),
+                                         direction=spec.direction, load_if_exists=True)
+        # Worker i of a study holding k trials samples with sampler_seed + 1000 k + i: with one seed, parallel
+        # workers and a resumed sweep would draw the same first settings again (seen on both).
+        seed = None if spec.sampler_seed is None else spec.sampler_seed + 1000 * len(self.trials()) + worker
+        sampler = optuna.samplers.RandomSampler if spec.sampler == "random" else optuna.samplers.TPESampler
+        self.study.sampler = sampler(seed=seed)
 
     def trials(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states or None)
