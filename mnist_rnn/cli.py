@@ -21,7 +21,7 @@ from typing import Any, NoReturn, Optional
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -189,12 +189,8 @@ class MnistRnnCLI(LightningCLI):
             isinstance(c, ModelSummary) for c in configured
         ):
             extra.append(SummaryWithoutFlops())
-        if os.environ.get("MNIST_RNN_SWEEP"):  # a trial of `mnist-rnn sweep`: report back to it (not saved in config.yaml)
-            from mnist_rnn.sweep import trial_callbacks
-
-            extra.extend(trial_callbacks())
-        if extra:
-            self.trainer_defaults = {**self.trainer_defaults, "callbacks": extra}
+        if extra:  # after the caller's persistent callbacks (cli_main's callbacks)
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*self.trainer_defaults.get("callbacks", []), *extra]}
         return super().instantiate_trainer(**kwargs)
 
     def after_fit(self) -> None:
@@ -235,7 +231,8 @@ def bundled_configs(args: list[str]) -> list[str]:
     return resolved
 
 
-def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
+def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] = ()) -> MnistRnnCLI:
+    """`callbacks`: added to the Trainer but not to the run's config.yaml (LightningCLI's trainer_defaults)."""
     # A deprecation inside Lightning itself, not in this project.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
@@ -248,6 +245,7 @@ def cli_main(args: Optional[list[str]] = None) -> MnistRnnCLI:
             subclass_mode_data=False,
             save_config_callback=SaveFitConfig,
             parser_class=OneLineErrorParser,
+            trainer_defaults={"callbacks": list(callbacks)},
             # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
             parser_kwargs={
                 "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn.cli`

@@ -119,6 +119,8 @@ def test_search_stays_in_its_space_and_reports_the_best_trial(tmp_path):
     folder = tmp_path / "runs" / "four"
     rows = read_rows(folder / "results.csv")
     assert sorted(int(r["trial"]) for r in rows) == [0, 1, 2, 3]
+    # Each worker samples with its own seed: two workers seeded alike drew the same first settings.
+    assert len({r["model.lr"] for r in rows}) == 4
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
     for row in rows:
         lr, hidden, batch = float(row["model.lr"]), int(row["model.hidden_size"]), int(row["data.batch_size"])
@@ -217,6 +219,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         ({"seeds": 2, "overrides": {"model": {"hidden_sise": 8}}}, "hidden_sise"),
         ({"search": {"n_trials": 2, "params": {"model.hidden_size": {"low": 0.5, "high": 8.5}}}}, "model.hidden_size"),
         ({"seeds": [1, 1]}, "seeds repeat a value"),
+        ({"seeds": 2, "search": {"n_trials": 2, "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "give seeds: or search:, not both"),
+        ({"seeds": 2, "overrides": {"trainer": {"devices": 2}}}, "trainer.devices 2 / num_nodes 1: a trial runs in its worker's process"),
         ({}, "give seeds:"),
     ],
 )
@@ -249,7 +253,7 @@ def test_packaged_sweep_files_are_valid(tmp_path):
     seeds = load_spec("sweeps/seeds.yaml")  # found among the packaged configs, from any folder
     assert seeds.seeds == [1, 2, 3, 4, 5] and not seeds.is_search
     search = load_spec("sweeps/search.yaml")
-    assert {p.name for p in search.params} == {"model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct"}
+    assert set(search.params) == {"model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct"}
     for spec in (seeds, search):
         check_spec(spec)
 
