@@ -50,8 +50,8 @@ class RecurrenceViews(Callback):
     ) -> None:
         """
         Args:
-            accuracy_by_steps: Log `val/accuracy_by_steps_read` each validation (one more forward
-                pass over the validation set; about 15 for a bidirectional model, see docs).
+            accuracy_by_steps: Log `val/accuracy_by_steps_read` each validation (from the validation
+                step's own pass; a bidirectional model reads the set again, about 15 times: see docs).
             gradient_every_n_steps: Log `train/gradient_by_step` every this many training steps
                 (and at the first); 0: never.
             gradient_digits: Size of the fixed validation batch the gradient is taken on.
@@ -74,6 +74,8 @@ class RecurrenceViews(Callback):
         self._correct: Optional[torch.Tensor] = None  # per k: validation digits right after k steps
         self._seen = 0
         self._last_gradient_step = -1
+        self._hook: Optional[torch.utils.hooks.RemovableHandle] = None
+        self._output: Optional[torch.Tensor] = None
 
     # Where and what.
 
@@ -118,6 +120,23 @@ class RecurrenceViews(Callback):
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._correct, self._seen = None, 0
+        self._remove_hook()
+        if self.accuracy_by_steps and not trainer.sanity_checking and not pl_module.net.bidirectional:
+            # The validation step's own forward pass already computes the output after every step
+            # (nn.LSTM returns it beside the final state): keep it, rather than reading the
+            # validation set a second time, which would cost as much as validation itself.
+            self._hook = pl_module.net.rnn.register_forward_hook(self._keep_output)
+
+    def _keep_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._output = output[0].detach()  # (batch, steps, hidden); output[1] is the final state
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook, self._output = None, None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove_hook()  # training must not keep its outputs alive
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
@@ -132,8 +151,11 @@ class RecurrenceViews(Callback):
             if net.bidirectional:
                 grid = self._grid(net.to_sequence(images[:1]).shape[1], True)
                 logits = torch.stack([net.head(net.features(images, steps=k)) for k in grid], dim=1)
-            else:
+            elif self._output is not None:
+                logits = net.head(self._output)  # what per_step_logits(images) computes
+            else:  # the validation step did not run the network (a model of another kind)
                 logits = net.per_step_logits(images)
+        self._output = None
         correct = (logits.argmax(dim=-1) == labels[:, None]).sum(dim=0)
         self._correct = correct if self._correct is None else self._correct + correct
         self._seen += len(labels)
