@@ -90,7 +90,10 @@ class RecurrenceViews(Callback):
         if self._fixed is None:
             needed = max(self.gradient_digits, self.gate_digits, self.embedding_digits)
             images, labels, count = [], [], 0
-            for batch_images, batch_labels in trainer.datamodule.val_dataloader():
+            # The datamodule's loader where there is one (it exists before the first validation);
+            # else the loader given to fit().
+            loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
+            for batch_images, batch_labels in loader:
                 images.append(batch_images)
                 labels.append(batch_labels)
                 count += len(batch_labels)
@@ -175,7 +178,8 @@ class RecurrenceViews(Callback):
         title = f"validation accuracy after reading the first k {unit}s ({int(seen)} digits)"
         image = curve_image([("accuracy", (31, 119, 180), grid, accuracy)], title, f"k ({unit}s read)", y_range=(0, 1))
         experiment.add_image("val/accuracy_by_steps_read", image, step)
-        rows = [(k, a) for k, a in zip(grid, accuracy) if k in set(_table_ks(grid))]
+        listed = set(_table_ks(grid))
+        rows = [(k, a) for k, a in zip(grid, accuracy) if k in listed]
         table = f"| k ({unit}s read) | accuracy |\n| ---: | ---: |\n" + "".join(f"| {k} | {a:.6f} |\n" for k, a in rows)
         experiment.add_text("val/accuracy_by_steps_read", table, step)
 
