@@ -10,7 +10,8 @@ import nbformat
 from tests.conftest import REPO
 
 NOTEBOOK = REPO / "docs" / "tutorial.ipynb"
-# The promise: at most 5 minutes on a 2-core CPU (measured: see docs/dashboards.md, Tutorial).
+# The promise: at most 5 minutes on a 2-core CPU (measured 38 to 63 s on a shared 2-core
+# machine, 2026-12-01: docs/dashboards.md, The tutorial notebook).
 BUDGET_S = 300
 
 
