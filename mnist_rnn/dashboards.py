@@ -136,12 +136,12 @@ DIGIT_SCALE = 2  # 28x28 digits are shown at 56x56
 CAPTION_HEIGHT = 14
 
 
-def _font(size: int = 11) -> ImageFont.ImageFont:
+def text_font(size: int = 11) -> ImageFont.ImageFont:
     # Pillow's bundled font at this size where FreeType is available, its bitmap font elsewhere.
     return ImageFont.load_default(size=size)
 
 
-def _centred_text(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, font, fill) -> None:
+def centred_text(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, font, fill) -> None:
     # textbbox rather than anchor=: anchors need FreeType, the bitmap fallback font has none.
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), text, font=font, fill=fill)
@@ -164,11 +164,11 @@ def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
     left, top = LABEL_SIZE, TITLE_HEIGHT + LABEL_SIZE
     image = Image.new("RGB", (left + classes * CELL + 2, top + classes * CELL + 2), "white")
     draw = ImageDraw.Draw(image)
-    font = _font()
-    _centred_text(draw, (image.width / 2, TITLE_HEIGHT / 2), "rows: true class, columns: predicted", font, "black")
+    font = text_font()
+    centred_text(draw, (image.width / 2, TITLE_HEIGHT / 2), "rows: true class, columns: predicted", font, "black")
     for k in range(classes):
-        _centred_text(draw, (left + (k + 0.5) * CELL, TITLE_HEIGHT + LABEL_SIZE / 2), str(k), font, "black")
-        _centred_text(draw, (LABEL_SIZE / 2, top + (k + 0.5) * CELL), str(k), font, "black")
+        centred_text(draw, (left + (k + 0.5) * CELL, TITLE_HEIGHT + LABEL_SIZE / 2), str(k), font, "black")
+        centred_text(draw, (LABEL_SIZE / 2, top + (k + 0.5) * CELL), str(k), font, "black")
     for row in range(classes):
         for col in range(classes):
             x, y = left + col * CELL, top + row * CELL
@@ -177,14 +177,14 @@ def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
             draw.rectangle((x, y, x + CELL, y + CELL), fill=fill, outline=(210, 210, 210))
             if counts[row, col]:
                 ink = "white" if amount > 0.6 else "black"
-                _centred_text(draw, (x + CELL / 2, y + CELL / 2), str(int(counts[row, col])), font, ink)
+                centred_text(draw, (x + CELL / 2, y + CELL / 2), str(int(counts[row, col])), font, ink)
     return pil_to_tensor(image)
 
 
 def note_image(text: str) -> torch.Tensor:
     """A small picture holding one line of text, for a dashboard that has nothing to show this time."""
     image = Image.new("RGB", (240, 30), "black")
-    _centred_text(ImageDraw.Draw(image), (120, 15), text, _font(), "white")
+    centred_text(ImageDraw.Draw(image), (120, 15), text, text_font(), "white")
     return pil_to_tensor(image)
 
 
@@ -195,7 +195,7 @@ def digit_grid(images: torch.Tensor, captions: list[str], columns: int = 8) -> t
     without having to know its constants.
     """
     size = (28 * DIGIT_SCALE, 28 * DIGIT_SCALE)
-    font = _font()
+    font = text_font()
     tiles = []
     for digit, caption in zip(images.detach().float().cpu(), captions):
         low, high = digit.min(), digit.max()
@@ -203,6 +203,6 @@ def digit_grid(images: torch.Tensor, captions: list[str], columns: int = 8) -> t
         tile = Image.new("RGB", (size[0], size[1] + CAPTION_HEIGHT), "black")
         tile.paste(to_pil_image(pixels).resize(size, Image.Resampling.NEAREST).convert("RGB"))
         draw = ImageDraw.Draw(tile)
-        _centred_text(draw, (size[0] / 2, size[1] + CAPTION_HEIGHT / 2), caption, font, (255, 215, 0))
+        centred_text(draw, (size[0] / 2, size[1] + CAPTION_HEIGHT / 2), caption, font, (255, 215, 0))
         tiles.append(pil_to_tensor(tile))
     return make_grid(torch.stack(tiles), nrow=columns, padding=2, pad_value=96)

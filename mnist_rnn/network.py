@@ -7,7 +7,7 @@ itself (a buffer), so the weights alone say how to read an image.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from torch import nn
@@ -92,7 +92,19 @@ class RecurrentNet(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (batch, 10) for normalized images (batch, 28, 28)."""
-        _, h_n = self.rnn(self.to_sequence(images))
+        return self.head(self.features(images))
+
+    def features(self, images: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
+        """What the head reads (batch, hidden x directions): the top layer's final state.
+
+        With `steps`, the sequence is cut after its first `steps` steps before it is read, so this
+        is the state of a network that has seen only those (for a bidirectional network the
+        backward pass then starts at step `steps`).
+        """
+        sequence = self.to_sequence(images)
+        if steps is not None:
+            sequence = sequence[:, :steps]
+        _, h_n = self.rnn(sequence)
         if isinstance(h_n, tuple):  # an LSTM returns (h_n, c_n)
             h_n = h_n[0]
         # h_n is (layers * directions, batch, hidden). The last layer's forward state is at the
@@ -101,7 +113,7 @@ class RecurrentNet(nn.Module):
             features = torch.cat([h_n[-2], h_n[-1]], dim=1)
         else:
             features = h_n[-1]
-        return self.head(features)
+        return features
 
     def per_step_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (batch, steps, 10) of the head applied to the top layer's output after every time step.

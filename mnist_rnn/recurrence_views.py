@@ -1,0 +1,383 @@
+"""TensorBoard views of the recurrence: how the network reads, step by step.
+
+`RecurrenceViews` logs four views (docs/dashboards.md is their reading guide):
+
+- IMAGES and TEXT `val/accuracy_by_steps_read`, each validation: validation accuracy had the
+  network stopped after its first k steps (rows, or pixels for sequence=pixels/permuted), k = 1..T,
+  as a curve and as a table. At k = T it is `val/acc`.
+- IMAGES and TEXT `train/gradient_by_step`, every `gradient_every_n_steps` training steps: the
+  size of the loss's gradient with respect to the top layer's hidden state at each step, on one
+  fixed batch of validation digits (log scale): whether the loss still reaches the first steps.
+- IMAGES `val/gates`, each validation: layer 0's gates (LSTM input/forget/output, GRU
+  reset/update) over the steps for a few fixed validation digits, as heat maps beside each digit.
+- PROJECTOR `val/hidden_state`, once at the end of fit: what the head reads (the final hidden
+  state) for fixed validation digits, with the digits as sprites and their labels as metadata.
+
+The network is read through its public methods (`per_step_logits`, `features`, `to_sequence`)
+and its layers' public weights (mnist_rnn/unroll.py). The fixed digits are the first ones of the
+datamodule's validation loader, which is never shuffled, so they are the same at every call and
+in every run with the same data settings. Drawing is Pillow, as in dashboards.py.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image, ImageDraw
+
+from mnist_rnn.dashboards import centred_text, text_font
+from mnist_rnn.errors import ConfigError
+from mnist_rnn.unroll import GATES, cell_kind, gradient_by_step, unroll
+
+MAX_TABLE_ROWS = 28  # a text table longer than this is thinned to every (T / 28)th step
+
+
+class RecurrenceViews(Callback):
+    """Views of how the recurrent network reads; each can be switched off on its own (0 or false)."""
+
+    def __init__(
+        self,
+        accuracy_by_steps: bool = True,
+        gradient_every_n_steps: int = 100,
+        gradient_digits: int = 64,
+        gate_digits: int = 4,
+        embedding_digits: int = 1000,
+    ) -> None:
+        """
+        Args:
+            accuracy_by_steps: Log `val/accuracy_by_steps_read` each validation (from the validation
+                step's own pass; a bidirectional model reads the set again, about 15 times: see docs).
+            gradient_every_n_steps: Log `train/gradient_by_step` every this many training steps
+                (and at the first); 0: never.
+            gradient_digits: Size of the fixed validation batch the gradient is taken on.
+            gate_digits: How many fixed validation digits `val/gates` shows; 0: no gates view.
+            embedding_digits: How many fixed validation digits `val/hidden_state` projects; 0: none.
+        """
+        super().__init__()
+        for name, value in (("gradient_every_n_steps", gradient_every_n_steps), ("gate_digits", gate_digits),
+                            ("embedding_digits", embedding_digits)):  # fmt: skip
+            if value < 0:
+                raise ConfigError(f"RecurrenceViews {name} must be 0 (off) or more, got {value}")
+        if gradient_digits < 1:
+            raise ConfigError(f"RecurrenceViews gradient_digits must be at least 1, got {gradient_digits}")
+        self.accuracy_by_steps = accuracy_by_steps
+        self.gradient_every_n_steps = gradient_every_n_steps
+        self.gradient_digits = gradient_digits
+        self.gate_digits = gate_digits
+        self.embedding_digits = embedding_digits
+        self._fixed: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self._correct: Optional[torch.Tensor] = None  # per k: validation digits right after k steps
+        self._seen = 0
+        self._last_gradient_step = -1
+        self._hook: Optional[torch.utils.hooks.RemovableHandle] = None
+        self._output: Optional[torch.Tensor] = None
+
+    # Where and what.
+
+    @staticmethod
+    def _experiment(trainer: L.Trainer):
+        """The TensorBoard SummaryWriter, or None without a TensorBoardLogger (validate, test, predict)."""
+        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        return None if logger is None else logger.experiment
+
+    def _fixed_digits(self, trainer: L.Trainer, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n digits (and labels) of the validation loader; all views' digits are fetched once per fit."""
+        if self._fixed is None:
+            needed = max(self.gradient_digits, self.gate_digits, self.embedding_digits)
+            images, labels, count = [], [], 0
+            # The datamodule's loader where there is one (it exists before the first validation);
+            # else the loader given to fit().
+            loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
+            for batch_images, batch_labels in loader:
+                images.append(batch_images)
+                labels.append(batch_labels)
+                count += len(batch_labels)
+                if count >= needed:
+                    break
+            self._fixed = (torch.cat(images)[:needed], torch.cat(labels)[:needed])
+        images, labels = self._fixed
+        return images[:n].to(device), labels[:n].to(device)
+
+    @staticmethod
+    def _val_step(trainer: L.Trainer) -> int:
+        # The step Lightning logs an epoch's val/* scalars at, as in dashboards.py.
+        return max(trainer.global_step - 1, 0)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fixed, self._last_gradient_step = None, -1
+
+    # val/accuracy_by_steps_read
+
+    def _grid(self, steps: int, bidirectional: bool) -> list[int]:
+        # A one-direction network gives every k from one pass. A bidirectional one must read each
+        # cut sequence again (its backward half starts at step k), so it gets at most 28 ks.
+        if not bidirectional:
+            return list(range(1, steps + 1))
+        stride = math.ceil(steps / MAX_TABLE_ROWS)
+        return sorted({1, *range(stride, steps + 1, stride), steps})
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._correct, self._seen = None, 0
+        self._remove_hook()
+        if self.accuracy_by_steps and not trainer.sanity_checking and not pl_module.net.bidirectional:
+            # The validation step's own forward pass already computes the output after every step
+            # (nn.LSTM returns it beside the final state): keep it, rather than reading the
+            # validation set a second time, which would cost as much as validation itself.
+            self._hook = pl_module.net.rnn.register_forward_hook(self._keep_output)
+
+    def _keep_output(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        self._output = output[0].detach()  # (batch, steps, hidden); output[1] is the final state
+
+    def _remove_hook(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook, self._output = None, None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remove_hook()  # training must not keep its outputs alive
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self.accuracy_by_steps or trainer.sanity_checking or self._experiment(trainer) is None:
+            return
+        images, labels = batch
+        net = pl_module.net
+        # In the precision validation itself runs in, so that k = T repeats val/acc exactly.
+        with trainer.precision_plugin.forward_context():
+            if net.bidirectional:
+                grid = self._grid(net.to_sequence(images[:1]).shape[1], True)
+                logits = torch.stack([net.head(net.features(images, steps=k)) for k in grid], dim=1)
+            elif self._output is not None:
+                logits = net.head(self._output)  # what per_step_logits(images) computes
+            else:  # the validation step did not run the network (a model of another kind)
+                logits = net.per_step_logits(images)
+        self._output = None
+        correct = (logits.argmax(dim=-1) == labels[:, None]).sum(dim=0)
+        self._correct = correct if self._correct is None else self._correct + correct
+        self._seen += len(labels)
+
+    def _log_accuracy(self, trainer: L.Trainer, pl_module: L.LightningModule, experiment) -> None:
+        # Summed over all devices (each validated its own share), then drawn once.
+        correct = trainer.strategy.reduce(self._correct.float(), reduce_op="sum")
+        seen = trainer.strategy.reduce(torch.tensor(float(self._seen), device=correct.device), reduce_op="sum")
+        if not trainer.is_global_zero:
+            return
+        net = pl_module.net
+        steps = net.to_sequence(torch.zeros(1, 28, 28, device=pl_module.device)).shape[1]
+        grid = self._grid(steps, net.bidirectional)
+        accuracy = (correct / seen).tolist()
+        unit = "row" if net.sequence == "rows" else "pixel"
+        step = self._val_step(trainer)
+        title = f"validation accuracy after reading the first k {unit}s ({int(seen)} digits)"
+        image = curve_image([("accuracy", (31, 119, 180), grid, accuracy)], title, f"k ({unit}s read)", y_range=(0, 1))
+        experiment.add_image("val/accuracy_by_steps_read", image, step)
+        listed = set(_table_ks(grid))
+        rows = [(k, a) for k, a in zip(grid, accuracy) if k in listed]
+        table = f"| k ({unit}s read) | accuracy |\n| ---: | ---: |\n" + "".join(f"| {k} | {a:.6f} |\n" for k, a in rows)
+        experiment.add_text("val/accuracy_by_steps_read", table, step)
+
+    # val/gates, and both validation views' logging
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        experiment = self._experiment(trainer)
+        if experiment is None or trainer.sanity_checking:
+            return
+        if self.accuracy_by_steps and self._correct is not None:
+            self._log_accuracy(trainer, pl_module, experiment)
+        if self.gate_digits and trainer.is_global_zero:
+            images, labels = self._fixed_digits(trainer, self.gate_digits, pl_module.device)
+            net = pl_module.net
+            with torch.no_grad():
+                unrolled = unroll(net, images.float(), keep_gates=True)
+            answers = unrolled.logits.argmax(dim=1)
+            image = gates_image(images, labels, answers, unrolled.gates, net.sequence)
+            experiment.add_image("val/gates", image, self._val_step(trainer))
+
+    # train/gradient_by_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        n = self.gradient_every_n_steps
+        step = trainer.global_step
+        # Crossing a multiple of n, not landing on it: a Lightning step may take several optimizer
+        # steps (model.steps_per_execution), so global_step can jump over it. The first step counts.
+        due = self._last_gradient_step < 0 or step // n > self._last_gradient_step // n if n else False
+        if not due or not trainer.is_global_zero or self._experiment(trainer) is None:
+            return
+        self._last_gradient_step = step
+        images, labels = self._fixed_digits(trainer, self.gradient_digits, pl_module.device)
+        norms = gradient_by_step(pl_module.net, images, labels).cpu()
+        net = pl_module.net
+        unit = "row" if net.sequence == "rows" else "pixel"
+        names = ["forward", "backward"] if net.bidirectional else ["gradient"]
+        colours = [(214, 39, 40), (31, 119, 180)]
+        steps = list(range(1, norms.shape[1] + 1))
+        series = [(name, colour, steps, values.tolist()) for name, colour, values in zip(names, colours, norms)]
+        title = f"|d loss / d hidden state| at each {unit}, mean over {len(labels)} fixed validation digits"
+        experiment = self._experiment(trainer)
+        experiment.add_image("train/gradient_by_step", curve_image(series, title, unit, log_y=True), step)
+        fingerprint = float(images.double().sum())
+        header = f"fixed batch: the first {len(labels)} validation digits (pixel sum {fingerprint:.6f})\n\n"
+        table = f"| {unit} | " + " | ".join(names) + " |\n| ---: |" + " ---: |" * len(names) + "\n"
+        for k in _table_ks(steps):
+            table += f"| {k} | " + " | ".join(f"{float(v[k - 1]):.3e}" for v in norms) + " |\n"
+        experiment.add_text("train/gradient_by_step", header + table, step)
+
+    # val/hidden_state
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        experiment = self._experiment(trainer)
+        if not self.embedding_digits or experiment is None or not trainer.is_global_zero:
+            return
+        images, labels = self._fixed_digits(trainer, self.embedding_digits, pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()  # no dropout between layers: the state a prediction reads
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            features = torch.cat([pl_module.net.features(chunk) for chunk in images.split(500)])
+        pl_module.train(was_training)
+        experiment.add_embedding(
+            features.float().cpu(), metadata=[int(k) for k in labels.cpu()], label_img=_unit_range(images)[:, None].cpu(),
+            global_step=trainer.global_step, tag="val/hidden_state",
+        )  # fmt: skip
+
+
+def _table_ks(ks: list[int]) -> list[int]:
+    """The ks a text table lists: all of them up to 28, else about 28 evenly spread, the last included."""
+    if len(ks) <= MAX_TABLE_ROWS:
+        return list(ks)
+    stride = math.ceil(len(ks) / MAX_TABLE_ROWS)
+    return sorted({ks[0], *ks[stride - 1 :: stride], ks[-1]})
+
+
+def _unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Each digit stretched to [0, 1] (undoes the normalization without knowing its constants)."""
+    flat = images.detach().float().flatten(1)
+    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp(min=1e-6)).reshape(images.shape)
+
+
+# The drawing.
+
+WIDTH, HEIGHT = 600, 300
+MARGIN = dict(left=62, right=16, top=26, bottom=38)
+GRID_COLOUR = (225, 225, 225)
+
+
+def _ticks(low: float, high: float, count: int = 6) -> list[float]:
+    raw = (high - low) / max(count - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
+    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step - 1e-9) * step  # round numbers: 10, 20, ... rather than 1, 11, 21
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def curve_image(series, title: str, x_label: str, log_y: bool = False, y_range=None) -> torch.Tensor:
+    """Line chart of [(name, colour, xs, ys), ...] as a (3, H, W) uint8 tensor; log_y: decades on y."""
+    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
+    draw = ImageDraw.Draw(image)
+    font = text_font()
+    left, top = MARGIN["left"], MARGIN["top"]
+    right, bottom = WIDTH - MARGIN["right"], HEIGHT - MARGIN["bottom"]
+    xs_all = [x for _, _, xs, _ in series for x in xs]
+    x_low, x_high = min(xs_all), max(max(xs_all), min(xs_all) + 1)
+
+    def y_of(value: float) -> float:
+        return math.log10(value) if log_y else value
+
+    ys_all = [y_of(y) for _, _, _, ys in series for y in ys if math.isfinite(y) and (y > 0 or not log_y)]
+    if y_range is not None:
+        y_low, y_high = y_range
+    elif log_y:
+        y_low, y_high = (math.floor(min(ys_all)), math.ceil(max(ys_all))) if ys_all else (-1, 0)
+        y_high = max(y_high, y_low + 1)
+    else:
+        y_low, y_high = min(ys_all), max(max(ys_all), min(ys_all) + 1e-6)
+    px = lambda x: left + (x - x_low) / (x_high - x_low) * (right - left)  # noqa: E731
+    py = lambda y: bottom - (min(max(y, y_low), y_high) - y_low) / (y_high - y_low) * (bottom - top)  # noqa: E731
+    centred_text(draw, (WIDTH / 2, top / 2), title, font, "black")
+    centred_text(draw, ((left + right) / 2, HEIGHT - 10), x_label, font, "black")
+    y_ticks = _ticks(y_low, y_high) if not log_y else _log_ticks(y_low, y_high)
+    for y in y_ticks:
+        draw.line((left, py(y), right, py(y)), fill=GRID_COLOUR)
+        label = f"1e{int(y)}" if log_y else f"{y:g}"
+        centred_text(draw, (left - 24, py(y)), label, font, "black")
+    for x in _ticks(x_low, x_high):
+        x = round(x)
+        draw.line((px(x), bottom, px(x), bottom + 4), fill="black")
+        centred_text(draw, (px(x), bottom + 12), str(x), font, "black")
+    draw.rectangle((left, top, right, bottom), outline="black")
+    for index, (name, colour, xs, ys) in enumerate(series):
+        # A value a log axis cannot show (0: below float64's range) is drawn on the bottom edge.
+        points = [(px(x), py(y_of(y)) if y > 0 or not log_y else bottom) for x, y in zip(xs, ys) if math.isfinite(y)]
+        draw.line(points, fill=colour, width=2)
+        for x, y in points if len(points) < 40 else ():  # dots where there are few points (28 rows)
+            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        if len(series) > 1:
+            draw.line((right - 110, top + 12 + 14 * index, right - 90, top + 12 + 14 * index), fill=colour, width=2)
+            draw.text((right - 84, top + 5 + 14 * index), name, font=font, fill="black")
+    return _to_tensor(image)
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    stride = max(1, math.ceil((high - low) / 8))
+    return [float(d) for d in range(int(low), int(high) + 1, stride)]
+
+
+def _to_tensor(image: Image.Image) -> torch.Tensor:
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(image.height, image.width, 3).permute(2, 0, 1)
+
+
+MAX_COLUMNS = 196  # a gate heat map is at most this many pixels wide: 784 steps are averaged in fours
+UNIT_PIXELS = 112  # the height of a heat map, shared among the hidden units
+GATE_LOW, GATE_HIGH = (20, 20, 60), (255, 220, 40)  # a gate at 0 (closed) and at 1 (open)
+
+
+def gates_image(images, labels, answers, gates: list[dict[str, torch.Tensor]], sequence: str) -> torch.Tensor:
+    """One row per digit: the digit, then a heat map per gate and direction (units down, steps across)."""
+    font = text_font()
+    directions = len(gates)
+    names = list(gates[0])
+    steps, hidden = gates[0][names[0]].shape[1:]
+    step_px = max(1, MAX_COLUMNS // steps)
+    columns = min(steps, MAX_COLUMNS)
+    unit_px = max(1, UNIT_PIXELS // hidden)
+    map_w, map_h = columns * step_px, hidden * unit_px
+    label_h, gap, digit = 14, 8, 56
+    row_h = label_h + max(map_h, digit + 14)
+    maps = len(names) * directions
+    canvas = Image.new("RGB", (digit + gap + maps * (map_w + gap), 20 + row_h * len(labels)), "white")
+    draw = ImageDraw.Draw(canvas)
+    across = "rows" if sequence == "rows" else f"pixels, {math.ceil(steps / columns)} per column" if steps > columns else "pixels"
+    centred_text(draw, (canvas.width / 2, 9), f"layer-0 gates: units down, steps ({across}) across; dark 0, yellow 1",
+                  font, "black")  # fmt: skip
+    pixels = (_unit_range(images) * 255).round().to(torch.uint8).cpu()
+    for row, (digit_pixels, label, answer) in enumerate(zip(pixels, labels.tolist(), answers.tolist())):
+        y = 20 + row * row_h
+        tile = Image.fromarray(digit_pixels.numpy(), mode="L").resize((digit, digit), Image.Resampling.NEAREST)
+        canvas.paste(tile.convert("RGB"), (0, y + label_h))
+        centred_text(draw, (digit / 2, y + label_h + digit + 7), f"{label}, says {answer}", font, "black")
+        for index, (direction, name) in enumerate((d, n) for d in range(directions) for n in names):
+            x = digit + gap + index * (map_w + gap)
+            values = gates[direction][name][row].float().T.cpu()  # (hidden, steps)
+            if steps > columns:  # average neighbouring steps down to the width
+                values = torch.nn.functional.adaptive_avg_pool1d(values[None], columns)[0]
+            heat = _heat(values).resize((map_w, map_h), Image.Resampling.NEAREST)
+            canvas.paste(heat, (x, y + label_h))
+            arrow = "" if directions == 1 else (" (forward)" if direction == 0 else " (backward)")
+            centred_text(draw, (x + map_w / 2, y + label_h / 2), name + arrow, font, "black")
+    return _to_tensor(canvas)
+
+
+def _heat(values: torch.Tensor) -> Image.Image:
+    """(rows, columns) in [0, 1] -> an RGB image blended from GATE_LOW to GATE_HIGH."""
+    amount = values.clamp(0, 1)[..., None]
+    low, high = torch.tensor(GATE_LOW, dtype=torch.float32), torch.tensor(GATE_HIGH, dtype=torch.float32)
+    rgb = (low + (high - low) * amount).round().to(torch.uint8)
+    return Image.fromarray(rgb.numpy(), mode="RGB")
