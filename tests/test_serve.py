@@ -21,9 +21,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from mnist_rnn.mnist_files import load_split
 from mnist_rnn.images import read_digit
 from mnist_rnn.inference import answer, load_model
+from mnist_rnn.mnist_files import load_split
 from mnist_rnn.model import LSTMClassifier
 from mnist_rnn.serve import create_app
 from tests.conftest import cli_error, run_main, subprocess_env
