@@ -1,13 +1,16 @@
 """What a user who installs the wheel gets: the package, its data, its configs and its trained model, without this checkout."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
 import pytest
+import yaml
 
+import mnist_rnn
 from mnist_rnn import bundled
 from tests.test_bundled import ANNOUNCED, check_serves_the_bundled_model, write_pngs
 
@@ -64,3 +67,12 @@ def test_an_installed_wheel_predicts_and_serves_without_any_training(installed, 
     (written,) = (tmp_path / "predictions").glob("predictions_*.csv")
     assert len(written.read_text().splitlines()) == 1 + 3  # header and one row per image
     check_serves_the_bundled_model(tmp_path, installed)
+
+
+def test_the_version_is_the_same_in_pyproject_the_package_the_changelog_and_the_citation():
+    version = re.search(r'^version = "([^"]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE).group(1)
+    releases = re.findall(r"^## \[(\d[^\]]*)\] - (\d{4}-\d\d-\d\d)$", (REPO / "CHANGELOG.md").read_text(), re.MULTILINE)
+    citation = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    assert mnist_rnn.__version__ == version == releases[0][0] == str(citation["version"])
+    assert citation["cff-version"] == "1.2.0" and citation["date-released"] == releases[0][1]
+    assert "MIT License" in (REPO / "LICENSE").read_text()
