@@ -107,7 +107,7 @@ def test_predict_without_ckpt_path_answers_with_the_bundled_model_and_a_given_on
         "--predictions.output", str(tmp_path / "mine.csv"), cwd=tmp_path,
     )  # fmt: skip
     assert status == 0, stderr
-    assert "bundled" not in stderr
+    assert "using the bundled model" not in stderr
     assert set(predicted(tmp_path / "mine.csv").values()) == {7}
 
 
