@@ -106,6 +106,13 @@ def _cpu_name() -> str:
     return names[0] if names else platform.processor() or platform.machine()
 
 
+def _save(checkpoint: dict[str, Any], path: Path) -> None:
+    # Through a file object, torch.save names the archive's folder "archive" rather than after the
+    # (temporary) file, so the same weights give the same bytes on every rerun.
+    with path.open("wb") as file:
+        torch.save(checkpoint, file)
+
+
 def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
     """Write the bundled checkpoint to output (a default-config fit first unless source is given); return its info."""
     from mnist_rnn.checkpoints import read_checkpoint
@@ -131,11 +138,11 @@ def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
     output.parent.mkdir(parents=True, exist_ok=True)
     staged = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        torch.save({**kept, INFO: info}, staged)
+        _save({**kept, INFO: info}, staged)
         # The official test accuracy, measured the way a user will: `mnist-rnn test` on this very file.
         tested = cli_main(["test", "--ckpt_path", str(staged)])
         info["test_acc"] = float(tested.trainer.callback_metrics["test/acc"])
-        torch.save({**kept, INFO: info}, staged)  # the same weights; only the record of their score is added
+        _save({**kept, INFO: info}, staged)  # the same weights; only the record of their score is added
         size = staged.stat().st_size
         if size > MAX_BYTES:
             raise ConfigError(f"the bundled checkpoint would be {size:,} bytes, over {MAX_BYTES:,}; train a smaller model")
