@@ -36,7 +36,7 @@ INFO = "bundled"
 
 
 def describe(checkpoint: dict[str, Any]) -> str:
-    """The one line a command prints when it uses the bundled model."""
+    """What the bundled model is, in words: config, seed and measured test accuracy."""
     info = checkpoint.get(INFO) or {}
     return (
         f"using the bundled model: {info.get('config', '?')} config, seed {info.get('seed', '?')},"
@@ -45,6 +45,7 @@ def describe(checkpoint: dict[str, Any]) -> str:
 
 
 def announcement(checkpoint: dict[str, Any]) -> str:
+    """The one line a command prints when it uses the bundled model."""
     return f"{describe(checkpoint)} (pass --ckpt_path for your own)"
 
 
