@@ -523,8 +523,10 @@ def report(results: dict) -> str:
                 )
         d = results["throughput"]["default"]
         if "inference_samples_per_s" in d:
-            lines.append(f"inference (Trainer.predict, 10,000 test images, bf16 where auto picks it): {d['inference_samples_per_s']:,.0f} samples/s")
-            lines.append(f"predict on PNG files (mnist-rnn predict --data.predict_path, end to end): {d['predict_files_per_s']:,.0f} files/s")
+            lines.append("inference (Trainer.predict, 10,000 test images, bf16 where auto picks it):"
+                         f" {d['inference_samples_per_s']:,.0f} samples/s")
+            lines.append("predict on PNG files (mnist-rnn predict --data.predict_path, end to end):"
+                         f" {d['predict_files_per_s']:,.0f} files/s")
     if "anchor" in results:
         a = results["anchor"]
         short, long = a["steps"]
@@ -548,7 +550,8 @@ def report(results: dict) -> str:
                          f" all >= 99.0%: {t['all_reached_99']}")
         first, *others = results["time99"]
         for config in others:
-            ratios = [b["fit_wall_s"] / a["fit_wall_s"] for a, b in zip(results["time99"][first]["runs"], results["time99"][config]["runs"])]
+            pairs = zip(results["time99"][first]["runs"], results["time99"][config]["runs"])
+            ratios = [b["fit_wall_s"] / a["fit_wall_s"] for a, b in pairs]
             lines.append(f"  {config} / {first}: {statistics.median(ratios):.2f}x (median of the per-seed ratios)")
     if "peak_memory_mb" in results:
         lines += ["", "peak resident memory (VmHWM of a child `mnist-rnn fit`: a few training batches and 2 validation"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import os
 import signal
@@ -25,9 +26,9 @@ from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mnist_rnn import checkpoints, resume
+from mnist_rnn import bundled, checkpoints, resume
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import ConfigError, MnistRnnError, TrainingStopped
+from mnist_rnn.errors import ConfigError, MissingExtraError, MnistRnnError, TrainingStopped
 from mnist_rnn.hardware import (
     auto_precision,
     auto_threads,
@@ -116,11 +117,16 @@ class MnistRnnCLI(LightningCLI):
             return
         if subcommand == "fit":
             resume.name_run(config)
+        bundled_model = subcommand != "fit" and not config.get("ckpt_path")
+        if bundled_model:  # evaluating nothing but random weights would be a silent wrong run
+            config.ckpt_path = str(bundled.BUNDLED_CKPT)
         if not config.get("ckpt_path"):
-            return
+            return  # fit from scratch
         found_by_last = config.ckpt_path == resume.LAST
         path = resume.resolve(config.ckpt_path, resume.runs_folder(config))
         self.checkpoint = checkpoints.read_checkpoint(path)
+        if bundled_model:
+            print(bundled.announcement(self.checkpoint), file=sys.stderr, flush=True)
         config.ckpt_path = str(path)
         data_keys = checkpoints.RUN_DATA if subcommand == "fit" else checkpoints.PREPROCESSING
         saved = checkpoints.saved_settings(self.checkpoint, path, RecurrentClassifier, data_keys)
@@ -279,8 +285,33 @@ class CommandParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+# The libraries each command beyond the core needs, and the extra that installs them.
+EXTRAS = {
+    "serve": ("fastapi", "uvicorn", "python_multipart"),
+    "export": ("onnx", "onnxscript", "onnxruntime"),
+    "sweep": ("optuna", "optuna_integration"),
+}
+
+
+def import_command(name: str, module: str):
+    """The command's module, or a one-line error naming the extra to install when a library is missing."""
+    # Some are imported only deep inside a run (onnxscript by torch.onnx.export): asked for first.
+    missing = [lib for lib in EXTRAS[name] if importlib.util.find_spec(lib) is None]
+    try:
+        if not missing:
+            return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if not err.name or err.name.split(".")[0] == "mnist_rnn":
+            raise
+        missing = [err.name.split(".")[0]]
+    raise MissingExtraError(
+        f"mnist-rnn {name} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed;"
+        f' pip install "mnist-rnn[{name}]"'
+    )
+
+
 def run_own_command(name: str, args: list[str]) -> None:
-    module = importlib.import_module(f"mnist_rnn.{name}")  # imported only when used: FastAPI, ONNX
+    module = import_command(name, f"mnist_rnn.{name}")  # imported only when used: FastAPI, ONNX
     parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
     module.add_arguments(parser)
     module.run(parser.parse_args(args))
@@ -290,9 +321,7 @@ def main(args: Optional[list[str]] = None) -> None:
     argv = sys.argv[1:] if args is None else list(args)
     try:
         if argv[:1] == ["sweep"]:  # not a LightningCLI subcommand: many fits, see mnist_rnn/sweep.py
-            from mnist_rnn.sweep import sweep_main
-
-            sweep_main(argv[1:])
+            import_command("sweep", "mnist_rnn.sweep").sweep_main(argv[1:])
         elif argv and argv[0] in OWN_COMMANDS:
             run_own_command(argv[0], argv[1:])
         else:

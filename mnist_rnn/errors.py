@@ -56,3 +56,7 @@ class ServeError(MnistRnnError):
 
 class ExportError(MnistRnnError):
     """`mnist-rnn export` cannot write its file, or the exported model disagrees with PyTorch."""
+
+
+class MissingExtraError(MnistRnnError):
+    """A command beyond fit/validate/test/predict needs libraries of an extra that is not installed."""

@@ -28,11 +28,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch import nn
 
-from mnist_rnn.mnist_files import load_split
+from mnist_rnn import bundled
 from mnist_rnn.errors import ConfigError, ExportError
-from mnist_rnn.inference import LoadedModel, answer, load_model
+from mnist_rnn.inference import LoadedModel, PixelsToLogits, answer, load_model
+from mnist_rnn.mnist_files import load_split
 from mnist_rnn.network import IMAGE_SIDE
 
 TEST_IMAGES = 10_000
@@ -42,23 +42,20 @@ MAX_PROBABILITY_GAP = 1e-4
 CHECK_BATCH = 1000
 
 
-class PixelsToProbabilities(nn.Module):
+class PixelsToProbabilities(PixelsToLogits):
     """The exported graph: uint8 pixels (batch, 28, 28) -> probabilities (batch, 10), normalization inside."""
 
     def __init__(self, loaded: LoadedModel) -> None:
-        super().__init__()
-        self.model = loaded.model
-        self.mean = loaded.mean
-        self.std = loaded.std
+        super().__init__(loaded.model, loaded.mean, loaded.std)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        # The same arithmetic as data.normalize, out of place.
-        images = (pixels.float() / 255.0 - self.mean) / self.std
-        return self.model(images).float().softmax(dim=1)
+        return super().forward(pixels).softmax(dim=1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `mnist-rnn fit`")
+    parser.add_argument(
+        "--ckpt_path", default=None, help="checkpoint written by `mnist-rnn fit` (default: the bundled model)"
+    )
     parser.add_argument("--output", required=True, help="the ONNX file to write, e.g. model.onnx")
     parser.add_argument("--pt2", default=None, help="also write a torch.export program (.pt2) here")
     parser.add_argument("--overwrite", action="store_true", help="replace --output (and --pt2) if they exist")
@@ -74,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     targets = [Path(args.output).expanduser()] + ([Path(args.pt2).expanduser()] if args.pt2 else [])
     for target in targets:
         check_target(target, args.overwrite)
-    loaded = load_model(args.ckpt_path)
+    loaded = load_model(bundled.resolve(args.ckpt_path))
     images, labels = load_split("test")
     images, labels = images[: args.check_images], labels[: args.check_images]
     reference = pytorch_probabilities(loaded, images)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
+from torch import nn
 
 from mnist_rnn import checkpoints
 from mnist_rnn.data import MNIST_MEAN, MNIST_STD, NO_LABEL, normalize
@@ -42,6 +43,30 @@ class LoadedModel:
     std: float
     training: dict[str, Any]  # epoch, global_step and best monitored score, where the checkpoint holds them
     view: StepView
+
+
+class PixelsToLogits(nn.Module):
+    """A model as a program outside this project uses it: pixels in, logits out, normalization inside.
+
+    Input: pixels (batch, 28, 28), uint8 or float, 0..255, white ink on black as in MNIST's files
+    (the input of the ONNX file, docs/export.md). Output: logits (batch, 10), float32.
+    """
+
+    def __init__(self, model: RecurrentClassifier, mean: float, std: float) -> None:
+        super().__init__()
+        self.model = model
+        self.mean = mean
+        self.std = std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dim() != 3 or tuple(pixels.shape[1:]) != (IMAGE_SIDE, IMAGE_SIDE):
+            raise ValueError(
+                f"pixels must be (batch, {IMAGE_SIDE}, {IMAGE_SIDE}), got {tuple(pixels.shape)};"
+                " add the batch axis with pixels[None] for one image"
+            )
+        # The same arithmetic as data.normalize, out of place.
+        images = (pixels.float() / 255.0 - self.mean) / self.std
+        return self.model(images).float()
 
 
 def normalization(saved_data: dict[str, Any]) -> tuple[float, float]:

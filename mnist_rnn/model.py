@@ -20,8 +20,8 @@ from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.resume import check_schedule_length
 from mnist_rnn.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
+from mnist_rnn.resume import check_schedule_length
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
 

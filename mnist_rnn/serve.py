@@ -36,6 +36,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
+from mnist_rnn import bundled
 from mnist_rnn.errors import ConfigError, PredictInputError, ServeError
 from mnist_rnn.inference import LoadedModel, answer, load_model, read_upload
 
@@ -46,7 +47,9 @@ NOTHING_DRAWN = "nothing drawn: the image holds no ink; draw a digit or upload a
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint written by `mnist-rnn fit`")
+    parser.add_argument(
+        "--ckpt_path", default=None, help="checkpoint written by `mnist-rnn fit` (default: the bundled model)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
     parser.add_argument(
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port must lie in 0..65535, got {args.port}")
     if not args.max_upload_mb > 0:
         raise ConfigError(f"--max_upload_mb must be positive, got {args.max_upload_mb}")
-    loaded = load_model(args.ckpt_path)
+    loaded = load_model(bundled.resolve(args.ckpt_path))
     sock = listening_socket(args.host, args.port)
     torch.set_num_threads(1)  # per request; see the module's docstring
     app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 1_000_000))

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from mnist_rnn.data import MNISTDataModule, normalize, split_indices
-from mnist_rnn.mnist_files import load_split
 from mnist_rnn.errors import ConfigError, DatasetError
+from mnist_rnn.mnist_files import load_split
 from tests.conftest import write_fake_mnist
 
 

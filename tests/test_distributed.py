@@ -1,6 +1,5 @@
 """Multi-process DDP on CPU (gloo), through the CLI, as a user would launch it."""
 
-import os
 import re
 import signal
 import subprocess

@@ -9,8 +9,8 @@ import onnxruntime
 import pytest
 import torch
 
-from mnist_rnn.mnist_files import load_split
 from mnist_rnn.inference import answer, load_model
+from mnist_rnn.mnist_files import load_split
 from mnist_rnn.model import LSTMClassifier
 from tests.conftest import cli_error, run_main
 from tests.test_inference import write_checkpoint

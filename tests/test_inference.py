@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from mnist_rnn.data import MNIST_MEAN, MNIST_STD, normalize
-from mnist_rnn.mnist_files import load_split
 from mnist_rnn.errors import CheckpointError, PredictInputError
 from mnist_rnn.images import read_digit
 from mnist_rnn.inference import answer, load_model, step_view
+from mnist_rnn.mnist_files import load_split
 from mnist_rnn.model import LSTMClassifier
 
 
