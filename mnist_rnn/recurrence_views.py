@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 
 from mnist_rnn.dashboards import centred_text, text_font
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.unroll import GATES, cell_kind, gradient_by_step, unroll
+from mnist_rnn.unroll import gradient_by_step, unroll
 
 MAX_TABLE_ROWS = 28  # a text table longer than this is thinned to every (T / 28)th step
 

@@ -29,7 +29,8 @@ from typing import Any, NoReturn, Optional
 import optuna
 from lightning.pytorch.callbacks import Callback
 from optuna.distributions import CategoricalDistribution, IntDistribution
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback as Retry, fail_stale_trials
+from optuna.storages import RDBStorage, fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
