@@ -89,22 +89,22 @@ class MnistRnnCLI(LightningCLI):
         )
         # The data module serves as many batches per Lightning step as the model takes optimizer steps.
         parser.link_arguments("model.steps_per_execution", "data.steps_per_execution")
-
-    # Private LightningCLI hook (checked against lightning 2.6.6): no public hook knows which
-    # subcommand a parser is for. tests/test_cli.py::test_private_lightning_cli_hooks_are_still_called
-    # fails if Lightning changes it.
-    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any):
-        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-        if subcommand == "predict":
+        # Each subcommand's parser is made with its own prog (cli_main's parser_kwargs), which
+        # jsonargparse replaces only once the parser is registered, after this hook.
+        if parser.prog == "mnist-rnn predict":
             # Only predict writes predictions: its CSV writer is always there (--predictions.output),
             # whatever callbacks a config lists, and fit's configs do not carry its settings.
             parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
-        return parser
 
-    # Private LightningCLI hook (checked against lightning 2.6.6), replaced because Lightning's
-    # version reads the file unchecked (a damaged one ends in a stack trace) and knows nothing of
-    # `last`. Same guard test as above.
-    def _parse_ckpt_path(self) -> None:
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # As Lightning's, without its warning about `args` given beside sys.argv: main() always
+        # passes the command line itself, with the bundled config names resolved.
+        self.config = parser.parse_args(args)
+        # Checked here, before LightningCLI reads the file itself (unchecked: a damaged one would
+        # end in a stack trace), and before it knows `last` or the bundled model.
+        self.apply_checkpoint()
+
+    def apply_checkpoint(self) -> None:
         """Name fit's run; resolve `--ckpt_path last`, check the checkpoint, and apply its settings.
 
         Like Lightning's version, the checkpoint's model settings win over the config's, so the
@@ -138,11 +138,6 @@ class MnistRnnCLI(LightningCLI):
         if conflict is not None:
             raise resume.mismatch_error(path, found_by_last, *conflict)
         self.config = self.parser.parse_object({subcommand: saved}, self.config)
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        # As Lightning's, without its warning about `args` given beside sys.argv: main() always
-        # passes the command line itself, with the bundled config names resolved.
-        self.config = parser.parse_args(args)
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -258,7 +253,7 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
                 "epilog": "Other commands: serve (draw a digit in the browser; a JSON API), export (to ONNX and"
                 " torch.export) and sweep (seeds and hyperparameter searches); see mnist-rnn serve --help,"
                 " mnist-rnn export --help and mnist-rnn sweep --help.",
-                **{sub: {"default_config_files": [config_file("default.yaml")]} for sub in SUBCOMMANDS},
+                **{sub: {"default_config_files": [config_file("default.yaml")], "prog": f"mnist-rnn {sub}"} for sub in SUBCOMMANDS},
             },
             args=bundled_configs(sys.argv[1:] if args is None else list(args)),
         )

@@ -13,7 +13,7 @@ from mnist_rnn.cli import cli_main, config_file
 from mnist_rnn.data import normalize
 from mnist_rnn.mnist_files import load_split
 from mnist_rnn.model import LSTMClassifier
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY, cli_error, run_cli
 
 
 def test_fit_leaves_checkpoints_config_and_events(tiny_run):
@@ -188,18 +188,13 @@ def test_default_config_reaches_99_percent_on_the_official_test_set(tmp_path):
     assert accuracy >= 0.990
 
 
-def test_private_lightning_cli_hooks_are_still_called():
-    """MnistRnnCLI overrides two private LightningCLI methods (checked against lightning 2.6.6); if
-    Lightning renames them or stops calling them, the overrides would silently do nothing."""
-    import inspect
-
-    from lightning.pytorch.cli import LightningCLI
-
-    assert "self._parse_ckpt_path()" in inspect.getsource(LightningCLI.__init__)
-    assert "self._prepare_subcommand_parser(" in inspect.getsource(LightningCLI._add_subcommands)
-    assert list(inspect.signature(LightningCLI._prepare_subcommand_parser).parameters) == [
-        "self", "klass", "subcommand", "kwargs",
-    ]
+def test_the_cli_checks_a_checkpoint_before_lightning_reads_it(tmp_path, monkeypatch, capsys):
+    """MnistRnnCLI checks and applies --ckpt_path in the public parse_arguments, which LightningCLI runs
+    before its own reading of the file (lightning 2.6.6): a damaged file is one line, not its stack trace."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "damaged.ckpt").write_bytes(b"PK\x03\x04 not a whole archive")
+    message = cli_error(capsys, "test", "--ckpt_path", "damaged.ckpt")
+    assert message.startswith("checkpoint damaged.ckpt ")
 
 
 def test_predict_has_its_csv_options_and_fit_has_not(capsys):
