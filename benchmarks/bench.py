@@ -250,7 +250,7 @@ def predict_files_throughput(ckpt: Path, workdir: Path, count: int) -> float:
 # afresh at exec (ru_maxrss would not: it keeps the peak of the forked copy of this process).
 _FIT_AND_REPORT = (
     "import re, sys\n"
-    "from mnist_rnn.cli import main\n"
+    "from mnist_rnn.commands import main\n"
     "try:\n    main()\n"
     "finally:\n"
     "    status = open('/proc/self/status').read()\n"
@@ -280,7 +280,7 @@ def full_fit(config: str, workdir: Path, flags: Optional[list[str]] = None, test
     wall, peak_rss_mb, fit = _child_fit(config, workdir, flags)
     best = re.search(r"^best checkpoint: (.+)$", fit.stdout, re.M).group(1)
     test = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best, "--trainer.limit_test_batches", "1.0", *(test_flags or [])],
+        [sys.executable, "-m", "mnist_rnn", "test", "--ckpt_path", best, "--trainer.limit_test_batches", "1.0", *(test_flags or [])],
         cwd=workdir, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
     )  # fmt: skip
     accuracy = float(re.search(r"test/acc\s+([0-9.]+)", test.stdout).group(1))
@@ -352,7 +352,7 @@ def seed_side_by_side(workdir: Path, data_root: Path, short: int, long: int, rep
         for n in (short, long):
             folder = workdir / f"seed-{rep}-{n}"
             folder.mkdir(parents=True)
-            cmd = [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", config_file("seed.yaml"),
+            cmd = [sys.executable, "-m", "mnist_rnn", "fit", "-c", config_file("seed.yaml"),
                    "--trainer.max_steps", str(n), *extra]  # fmt: skip
             walls[n], _ = _wall(cmd, folder, env)
         out["project"].append((long - short) * 10 / (walls[long] - walls[short]))

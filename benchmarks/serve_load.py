@@ -114,7 +114,7 @@ async def level(url: str, body: bytes, clients: int, requests: int, max_seconds:
 
 def start_server(ckpt_path: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_rnn.cli", "serve", "--ckpt_path", ckpt_path, "--port", "0"],
+        [sys.executable, "-m", "mnist_rnn", "serve", "--ckpt_path", ckpt_path, "--port", "0"],
         stdout=subprocess.PIPE, text=True,
     )
     ready, _, _ = select.select([process.stdout], [], [], 180)

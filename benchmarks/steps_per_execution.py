@@ -43,7 +43,7 @@ class Timer(L.Callback):
 
 
 def child(k: int) -> None:
-    from mnist_rnn.cli import main
+    from mnist_rnn.commands import main
 
     main(["fit", "-c", "seed", "--model.steps_per_execution", str(k), "--trainer.max_steps", str(WARMUP + STEPS + 50),
           "--threads", "1", "--trainer.enable_progress_bar", "false",

@@ -9,12 +9,8 @@ errors with the shell's exit codes.
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import importlib.util
 import logging
 import os
-import signal
 import sys
 import warnings
 from pathlib import Path
@@ -24,11 +20,10 @@ import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mnist_rnn import bundled, checkpoints, resume
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import ConfigError, MissingExtraError, MnistRnnError, TrainingStopped
+from mnist_rnn.errors import ConfigError
 from mnist_rnn.hardware import (
     auto_precision,
     auto_threads,
@@ -249,7 +244,7 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
             trainer_defaults={"callbacks": list(callbacks)},
             # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
             parser_kwargs={
-                "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn.cli`
+                "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn`
                 "epilog": "Other commands: serve (draw a digit in the browser; a JSON API), export (to ONNX and"
                 " torch.export) and sweep (seeds and hyperparameter searches); see mnist-rnn serve --help,"
                 " mnist-rnn export --help and mnist-rnn sweep --help.",
@@ -263,79 +258,3 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
         # exception") after the work is done. Every rank closes it here, together.
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
-
-
-# Commands outside Lightning's Trainer, each in its own module with add_arguments(parser) and run(args).
-OWN_COMMANDS = {
-    "serve": "Serve a checkpoint's model to draw on in the browser, with a JSON API.",
-    "export": "Export a checkpoint's model to ONNX (and torch.export), checked against PyTorch.",
-}
-
-
-class CommandParser(argparse.ArgumentParser):
-    """argparse for the commands outside LightningCLI, with the same one-line errors."""
-
-    def error(self, message: str) -> NoReturn:
-        print(f"mnist-rnn: error: {' '.join(message.split())} (options: {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-# The libraries each command beyond the core needs, and the extra that installs them.
-EXTRAS = {
-    "serve": ("fastapi", "uvicorn", "python_multipart"),
-    "export": ("onnx", "onnxscript", "onnxruntime"),
-    "sweep": ("optuna", "optuna_integration"),
-}
-
-
-def import_command(name: str, module: str):
-    """The command's module, or a one-line error naming the extra to install when a library is missing."""
-    # Some are imported only deep inside a run (onnxscript by torch.onnx.export): asked for first.
-    missing = [lib for lib in EXTRAS[name] if importlib.util.find_spec(lib) is None]
-    try:
-        if not missing:
-            return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if not err.name or err.name.split(".")[0] == "mnist_rnn":
-            raise
-        missing = [err.name.split(".")[0]]
-    raise MissingExtraError(
-        f"mnist-rnn {name} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed;"
-        f' pip install "mnist-rnn[{name}]"'
-    )
-
-
-def run_own_command(name: str, args: list[str]) -> None:
-    module = import_command(name, f"mnist_rnn.{name}")  # imported only when used: FastAPI, ONNX
-    parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
-    module.add_arguments(parser)
-    module.run(parser.parse_args(args))
-
-
-def main(args: Optional[list[str]] = None) -> None:
-    argv = sys.argv[1:] if args is None else list(args)
-    try:
-        if argv[:1] == ["sweep"]:  # not a LightningCLI subcommand: many fits, see mnist_rnn/sweep.py
-            import_command("sweep", "mnist_rnn.sweep").sweep_main(argv[1:])
-        elif argv and argv[0] in OWN_COMMANDS:
-            run_own_command(argv[0], argv[1:])
-        else:
-            cli_main(args)
-    except MnistRnnError as err:
-        if os.environ.get("MNIST_RNN_DEBUG"):
-            raise
-        if isinstance(err, TrainingStopped):
-            if err.report:
-                command = resume.resume_command(sys.argv[1:] if args is None else list(args))
-                print(f"mnist-rnn: {err}\nresume with: {command}", file=sys.stderr)
-        else:
-            print(f"mnist-rnn: error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
-    except SIGTERMException:
-        # Lightning's own SIGTERM handling, outside training: it would otherwise exit with status 0.
-        print("mnist-rnn: stopped by SIGTERM", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGTERM) from None
-
-
-if __name__ == "__main__":
-    main()

@@ -52,19 +52,6 @@ class PixelsToProbabilities(PixelsToLogits):
         return super().forward(pixels).softmax(dim=1)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--ckpt_path", default=None, help="checkpoint written by `mnist-rnn fit` (default: the bundled model)"
-    )
-    parser.add_argument("--output", required=True, help="the ONNX file to write, e.g. model.onnx")
-    parser.add_argument("--pt2", default=None, help="also write a torch.export program (.pt2) here")
-    parser.add_argument("--overwrite", action="store_true", help="replace --output (and --pt2) if they exist")
-    parser.add_argument(
-        "--check_images", type=int, default=TEST_IMAGES,
-        help=f"how many official test images the exported model is checked on (default: all {TEST_IMAGES:,})",
-    )
-
-
 def run(args: argparse.Namespace) -> None:
     if not 1 <= args.check_images <= TEST_IMAGES:
         raise ConfigError(f"--check_images must lie in 1..{TEST_IMAGES}, got {args.check_images}")

@@ -46,17 +46,6 @@ FORM_OVERHEAD = 64 * 1024
 NOTHING_DRAWN = "nothing drawn: the image holds no ink; draw a digit or upload a picture of one"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--ckpt_path", default=None, help="checkpoint written by `mnist-rnn fit` (default: the bundled model)"
-    )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
-    parser.add_argument(
-        "--max_upload_mb", type=float, default=10.0, help="largest image accepted, in MB; larger gets 413 (default 10)"
-    )
-
-
 def run(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must lie in 0..65535, got {args.port}")

@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import Any, Optional
 
 import optuna
 from lightning.pytorch.callbacks import Callback
@@ -277,19 +277,8 @@ def run_workers(spec: Spec, folder: Path, url: str, threads: int, n: int) -> lis
     return [128 - p.exitcode if p.exitcode < 0 else p.exitcode for p in workers]  # -15: ended by SIGTERM
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        print(f"mnist-rnn: error: {message} (options: mnist-rnn sweep --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def sweep_main(argv: list[str]) -> None:
-    parser = _OneLineParser(prog="mnist-rnn sweep", description="One fit config over seeds, or an Optuna search (docs/sweep.md)")
-    parser.add_argument("-c", "--config", required=True, help="the sweep file, e.g. conf/sweeps/seeds.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue the sweep in runs/<name>/ after a stop or a kill")
-    parser.add_argument("--parallel", type=int, default=1, metavar="N", help="N worker processes, each with cores // N threads")
-    parser.add_argument("--storage", metavar="URL", help="an Optuna RDB URL shared by machines; default: SQLite in runs/<name>/")
-    options = parser.parse_args(argv)
+def run(options: argparse.Namespace) -> None:
+    """`mnist-rnn sweep` with its parsed options (mnist_rnn/commands.py)."""
     if options.parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {options.parallel}")
     quiet_optuna()

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from mnist_rnn import mnist_files
-from mnist_rnn.cli import cli_main, config_file, main
+from mnist_rnn.cli import cli_main, config_file
+from mnist_rnn.commands import main
 
 TINY = config_file("tiny.yaml")
 REPO = Path(__file__).resolve().parent.parent

@@ -114,7 +114,7 @@ def test_predict_without_ckpt_path_answers_with_the_bundled_model_and_a_given_on
 def start_serve(*args: str, cwd: Path, env: dict) -> tuple[subprocess.Popen, str]:
     """`mnist-rnn serve --port 0 ARGS`; returns the process and the address it printed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_rnn.cli", "serve", "--port", "0", *args],
+        [sys.executable, "-m", "mnist_rnn", "serve", "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
     )  # fmt: skip
     ready, _, _ = select.select([process.stdout], [], [], STARTUP_SECONDS)
@@ -209,7 +209,7 @@ def test_a_command_without_its_extras_libraries_names_the_extra(monkeypatch, cap
 
 def test_fit_needs_none_of_the_extras(tmp_path):
     hide = "; ".join(f"sys.modules[{name!r}] = None" for name in EXTRA_LIBRARIES)
-    script = f"import sys; {hide}; from mnist_rnn.cli import main; main(['fit', '-c', {TINY!r}, '--trainer.max_epochs', '1'])"
+    script = f"import sys; {hide}; from mnist_rnn.commands import main; main(['fit', '-c', {TINY!r}, '--trainer.max_epochs', '1'])"
     fit = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=subprocess_env(), capture_output=True,
                          text=True, timeout=600)  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]

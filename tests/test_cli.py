@@ -103,7 +103,7 @@ def test_second_fit_gets_its_own_run_folder(tiny_run, tmp_path):
 
 def test_print_config_shows_the_defaults(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "fit", "--print_config"], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "mnist_rnn", "fit", "--print_config"], capture_output=True, text=True, cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert "hidden_size: 128" in result.stdout
@@ -122,7 +122,7 @@ def test_print_config_shows_the_defaults(tmp_path):
 )
 def test_bad_settings_give_one_line_errors(tmp_path, flag, message):
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, flag], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, flag], capture_output=True, text=True, cwd=tmp_path
     )
     assert result.returncode == 2
     assert message in result.stderr
@@ -132,7 +132,7 @@ def test_bad_settings_give_one_line_errors(tmp_path, flag, message):
 
 def test_unknown_optimizer_is_rejected_before_training(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, "--model.optimizer=adamx"],
+        [sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, "--model.optimizer=adamx"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -176,11 +176,11 @@ def test_every_config_has_the_dashboards(config):
 @pytest.mark.slow
 def test_default_config_reaches_99_percent_on_the_official_test_set(tmp_path):
     """The product's promise: plain `mnist-rnn fit`, then `mnist-rnn test` on its best checkpoint."""
-    fit = subprocess.run([sys.executable, "-m", "mnist_rnn.cli", "fit"], capture_output=True, text=True, cwd=tmp_path)
+    fit = subprocess.run([sys.executable, "-m", "mnist_rnn", "fit"], capture_output=True, text=True, cwd=tmp_path)
     assert fit.returncode == 0, fit.stderr[-2000:]
     best = next(line.split(": ", 1)[1] for line in fit.stdout.splitlines() if line.startswith("best checkpoint: "))
     test = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "test", "--ckpt_path", best], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "mnist_rnn", "test", "--ckpt_path", best], capture_output=True, text=True, cwd=tmp_path
     )
     assert test.returncode == 0, test.stderr[-2000:]
     accuracy = float(next(line.split()[-1] for line in test.stdout.splitlines() if "test/acc" in line))
@@ -206,10 +206,24 @@ def test_predict_has_its_csv_options_and_fit_has_not(capsys):
 
 def test_the_first_screen_of_fit_has_no_warning_and_no_unmeasured_flops(tmp_path):
     # As a user sees it: a process of its own, so that sys.argv is the command line.
-    fit = subprocess.run([sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, "--trainer.max_epochs", "1",
+    fit = subprocess.run([sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, "--trainer.max_epochs", "1",
                           "--trainer.limit_train_batches", "2"], cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
     assert fit.returncode == 0, fit.stderr
     screen = fit.stdout + fit.stderr
     assert "Warning" not in screen and "warn" not in screen.lower(), screen
     assert "Flops" not in screen and "FLOPs" not in screen  # Lightning counts none for an LSTM: it printed 0
     assert "Trainable params" in screen and "| RecurrentNet" in screen  # the summary itself stays
+
+
+@pytest.mark.parametrize("command", [["--help"], [], ["serve", "--help"], ["export", "--help"], ["sweep", "--help"]])
+def test_help_of_the_command_and_of_its_own_subcommands_needs_no_torch(command):
+    # What made `mnist-rnn --help` take 5 s and 820 MB: torch and Lightning imported before dispatch.
+    code = (
+        "import sys\nfrom mnist_rnn.commands import main\n"
+        f"try:\n    main({command!r})\nexcept SystemExit as stop:\n    assert stop.code in (0, None), stop.code\n"
+        "print(sorted(m for m in ('torch', 'lightning', 'fastapi', 'onnx', 'optuna') if m in sys.modules))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("[]"), run.stdout
+    assert "usage: mnist-rnn" in run.stdout

@@ -19,7 +19,7 @@ LAST = Path("runs/tiny/version_0/checkpoints/last.ckpt")
 
 def fit(cwd: Path, *flags: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, *flags],
+        [sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, *flags],
         cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
 
@@ -103,7 +103,7 @@ def test_a_signal_to_the_launching_process_stops_every_rank_at_one_step_and_resu
     # Dropout between two layers, so that each rank's random generators matter for the weights.
     flags = [*DDP, "--data.batch_size", "32", "--model.num_layers", "2", "--model.dropout", "0.3"]
     args = [
-        sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, *flags,
+        sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, *flags,
         "--trainer.callbacks+=tests.interrupts.Pace",
         "--trainer.callbacks+=tests.interrupts.RecordStop", f"--trainer.callbacks.folder={tmp_path / 'stops'}",
         f"--trainer.callbacks.announce_step={STOP_AT_STEP}",
@@ -133,7 +133,7 @@ def test_a_signal_to_the_launching_process_stops_every_rank_at_one_step_and_resu
     import shlex
 
     finished = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", *shlex.split(resume[1])],
+        [sys.executable, "-m", "mnist_rnn", *shlex.split(resume[1])],
         cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]

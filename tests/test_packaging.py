@@ -49,7 +49,7 @@ def test_an_installed_wheel_trains_with_its_bundled_config_from_an_empty_folder(
     ).stdout  # fmt: skip
     assert where.startswith(installed["PYTHONPATH"])
     fit = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", "tiny", "--trainer.max_epochs", "1"],
+        [sys.executable, "-m", "mnist_rnn", "fit", "-c", "tiny", "--trainer.max_epochs", "1"],
         cwd=tmp_path, env=installed, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert fit.returncode == 0, fit.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_an_installed_wheel_trains_with_its_bundled_config_from_an_empty_folder(
 def test_an_installed_wheel_predicts_and_serves_without_any_training(installed, tmp_path):
     write_pngs(tmp_path / "digits", 3)
     predict = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn.cli", "predict", "--data.predict_path", "digits"],
+        [sys.executable, "-m", "mnist_rnn", "predict", "--data.predict_path", "digits"],
         cwd=tmp_path, env=installed, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert predict.returncode == 0, predict.stderr[-3000:]

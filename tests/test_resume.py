@@ -15,7 +15,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_rnn.checkpoints import read_checkpoint
-from mnist_rnn.cli import main
+from mnist_rnn.commands import main
 from tests.conftest import TINY, run_cli, subprocess_env
 
 LAST = Path("runs/tiny/version_0/checkpoints/last.ckpt")
@@ -46,7 +46,7 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_run(tmp_path):
     config.write_text(RESUMABLE)
     work = tmp_path / "work"
     work.mkdir()
-    fit = [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, "-c", str(config)]
+    fit = [sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, "-c", str(config)]
     paced = fit + ["--trainer.callbacks+=tests.interrupts.Pace"]
 
     run = subprocess.Popen(paced, cwd=work, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

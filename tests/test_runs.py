@@ -14,7 +14,7 @@ def test_two_runs_started_together_get_their_own_folders(tmp_path):
     quick = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1"]
     runs = {
         hidden: subprocess.Popen(
-            [sys.executable, "-m", "mnist_rnn.cli", "fit", "-c", TINY, *quick, "--model.hidden_size", str(hidden)],
+            [sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, *quick, "--model.hidden_size", str(hidden)],
             cwd=tmp_path,
             env=subprocess_env(),
             stdout=subprocess.PIPE,

@@ -41,7 +41,7 @@ STARTUP_SECONDS = 120  # importing torch, Lightning and FastAPI on a busy 2-core
 def start_server(ckpt: Path, *args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
     """`mnist-rnn serve` on a free port of 127.0.0.1 (--port 0); returns the process and the address it printed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_rnn.cli", "serve", "--ckpt_path", str(ckpt), "--port", "0", *args],
+        [sys.executable, "-m", "mnist_rnn", "serve", "--ckpt_path", str(ckpt), "--port", "0", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=cwd,
     )
     ready, _, _ = select.select([process.stdout], [], [], STARTUP_SECONDS)

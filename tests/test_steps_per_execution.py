@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_rnn.checkpoints import read_checkpoint
-from mnist_rnn.cli import main
+from mnist_rnn.commands import main
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.model import validate_in_optimizer_steps
 from tests.conftest import TINY, cli_error

@@ -170,7 +170,7 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     sweep = write_sweep(tmp_path, "killed", overrides=slow, seeds=2)
     folder = tmp_path / "runs" / "killed"
     second = folder / "seed_2" / "version_0" / "checkpoints" / "last.ckpt"
-    command = [sys.executable, "-m", "mnist_rnn.cli", "sweep", "-c", str(sweep)]
+    command = [sys.executable, "-m", "mnist_rnn", "sweep", "-c", str(sweep)]
     running = subprocess.Popen(command, cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240  # a limit, not a measurement: the wait took about 25 s on the busy 2-core machine
     while not second.exists():

@@ -1,0 +1,134 @@
+"""The `mnist-rnn` command: which subcommand runs, the options of those outside LightningCLI, and one-line errors.
+
+Nothing here imports torch or Lightning: `mnist-rnn --help` and the `--help` of serve, export and
+sweep answer at once, and each command imports what it needs only when it runs. fit, validate,
+test and predict are LightningCLI's (mnist_rnn/cli.py); serve, export and sweep are plain
+argparse commands whose work lives in the module of the same name, behind an extra
+(`pip install "mnist-rnn[serve]"`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import signal
+import sys
+from typing import NoReturn, Optional
+
+from mnist_rnn.errors import MissingExtraError, MnistRnnError, TrainingStopped
+
+LIGHTNING_COMMANDS = {
+    "fit": "Train a model (conf/default.yaml unless -c FILE), with checkpoints and TensorBoard logs.",
+    "validate": "Score a checkpoint (default: the bundled model) on the validation split.",
+    "test": "Score a checkpoint (default: the bundled model) on MNIST's official test set.",
+    "predict": "Predict digits in your own image files; writes a CSV.",
+}
+OWN_COMMANDS = {
+    "serve": "Serve a checkpoint's model to draw on in the browser, with a JSON API.",
+    "export": "Export a checkpoint's model to ONNX (and torch.export), checked against PyTorch.",
+    "sweep": "One fit config over seeds, or an Optuna search (docs/sweep.md).",
+}
+# The libraries each command beyond the core needs, and the extra that installs them.
+EXTRAS = {
+    "serve": ("fastapi", "uvicorn", "python_multipart"),
+    "export": ("onnx", "onnxscript", "onnxruntime"),
+    "sweep": ("optuna", "optuna_integration"),
+}
+CHECK_IMAGES = 10_000  # export checks the exported model on the official test set, all of it by default
+
+
+class CommandParser(argparse.ArgumentParser):
+    """argparse for the commands outside LightningCLI, with the same one-line errors."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"mnist-rnn: error: {' '.join(message.split())} (options: {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def add_options(name: str, parser: argparse.ArgumentParser) -> None:
+    """The options of serve, export and sweep."""
+    bundled = "checkpoint written by `mnist-rnn fit` (default: the bundled model)"
+    if name == "serve":
+        parser.add_argument("--ckpt_path", default=None, help=bundled)
+        parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+        parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
+        parser.add_argument("--max_upload_mb", type=float, default=10.0,
+                            help="largest image accepted, in MB; larger gets 413 (default 10)")  # fmt: skip
+    elif name == "export":
+        parser.add_argument("--ckpt_path", default=None, help=bundled)
+        parser.add_argument("--output", required=True, help="the ONNX file to write, e.g. model.onnx")
+        parser.add_argument("--pt2", default=None, help="also write a torch.export program (.pt2) here")
+        parser.add_argument("--overwrite", action="store_true", help="replace --output (and --pt2) if they exist")
+        parser.add_argument("--check_images", type=int, default=CHECK_IMAGES,
+                            help=f"official test images the exported model is checked on (default: all {CHECK_IMAGES:,})")
+    else:
+        parser.add_argument("-c", "--config", required=True, help="the sweep file, e.g. conf/sweeps/seeds.yaml")
+        parser.add_argument("--resume", action="store_true", help="continue the sweep in runs/<name>/ after a stop or a kill")
+        parser.add_argument("--parallel", type=int, default=1, metavar="N", help="N worker processes, each with cores // N threads")
+        parser.add_argument("--storage", metavar="URL", help="an Optuna RDB URL shared by machines; default: SQLite in runs/<name>/")
+
+
+def import_command(name: str):
+    """The command's module, or a one-line error naming the extra to install when a library is missing."""
+    # Some are imported only deep inside a run (onnxscript by torch.onnx.export): asked for first.
+    missing = [lib for lib in EXTRAS[name] if importlib.util.find_spec(lib) is None]
+    try:
+        if not missing:
+            return importlib.import_module(f"mnist_rnn.{name}")
+    except ModuleNotFoundError as err:
+        if not err.name or err.name.split(".")[0] == "mnist_rnn":
+            raise
+        missing = [err.name.split(".")[0]]
+    raise MissingExtraError(
+        f"mnist-rnn {name} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed;"
+        f' pip install "mnist-rnn[{name}]"'
+    )
+
+
+def run_own_command(name: str, args: list[str]) -> None:
+    parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
+    add_options(name, parser)
+    options = parser.parse_args(args)  # --help ends here, before any import of torch
+    import_command(name).run(options)
+
+
+def print_help() -> None:
+    width = max(map(len, {**LIGHTNING_COMMANDS, **OWN_COMMANDS}))
+    lines = ["usage: mnist-rnn COMMAND [options]   (mnist-rnn COMMAND --help lists a command's options)", "",
+             "MNIST digits read row by row by an LSTM, trained with PyTorch Lightning.", "", "commands:"]  # fmt: skip
+    lines += [f"  {name:<{width}}  {text}" for name, text in {**LIGHTNING_COMMANDS, **OWN_COMMANDS}.items()]
+    print("\n".join(lines))
+
+
+def main(args: Optional[list[str]] = None) -> None:
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        if argv[:1] in ([], ["-h"], ["--help"]):
+            print_help()
+        elif argv[0] in OWN_COMMANDS:
+            run_own_command(argv[0], argv[1:])
+        else:
+            from mnist_rnn.cli import cli_main  # LightningCLI: torch and Lightning come in here
+
+            cli_main(args)
+    except MnistRnnError as err:
+        if os.environ.get("MNIST_RNN_DEBUG"):
+            raise
+        if isinstance(err, TrainingStopped):
+            if err.report:
+                from mnist_rnn.resume import resume_command
+
+                print(f"mnist-rnn: {err}\nresume with: {resume_command(argv)}", file=sys.stderr)
+        else:
+            print(f"mnist-rnn: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except SystemExit as err:
+        # Lightning's own SIGTERM handling, outside training (a SystemExit): it would otherwise exit
+        # with status 0. Only a run that imported Lightning can raise it.
+        exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
+        if exceptions is None or not isinstance(err, exceptions.SIGTERMException):
+            raise
+        print("mnist-rnn: stopped by SIGTERM", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
