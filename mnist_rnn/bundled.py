@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import warnings
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import nn
+
+from mnist_rnn.hardware import cpu_name
 
 BUNDLED_CKPT = Path(__file__).parent / "assets" / "bundled.ckpt"
 MAX_BYTES = 1_000_000  # the bound on what the wheel carries for the model
@@ -98,15 +99,6 @@ def _run_seed(ckpt: Path) -> int:
     return int(yaml.safe_load(config.read_text())["seed_everything"])
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as file:
-            names = [line.split(":", 1)[1].strip() for line in file if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def _save(checkpoint: dict[str, Any], path: Path) -> None:
     # Through a file object, torch.save names the archive's folder "archive" rather than after the
     # (temporary) file, so the same weights give the same bytes on every rerun.
@@ -132,7 +124,7 @@ def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
         "seed": _run_seed(source),
         "source": source.name,
         "val_acc": _best_val_acc(checkpoint),
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "torch": str(torch.__version__),  # a plain str: TorchVersion would be pickled code to the checked reader
         "command": "python -m mnist_rnn.bundled",
     }
