@@ -70,26 +70,36 @@ def add_options(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--storage", metavar="URL", help="an Optuna RDB URL shared by machines; default: SQLite in runs/<name>/")
 
 
-def import_command(name: str):
-    """The command's module, or a one-line error naming the extra to install when a library is missing."""
-    # Some are imported only deep inside a run (onnxscript by torch.onnx.export): asked for first.
-    missing = [lib for lib in EXTRAS[name] if importlib.util.find_spec(lib) is None]
-    try:
-        if not missing:
-            return importlib.import_module(f"mnist_rnn.{name}")
-    except ModuleNotFoundError as err:
-        if not err.name or err.name.split(".")[0] == "mnist_rnn":
-            raise
-        missing = [err.name.split(".")[0]]
-    raise MissingExtraError(
+def missing_extra(name: str, missing: list[str]) -> MissingExtraError:
+    return MissingExtraError(
         f"mnist-rnn {name} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed;"
         f' pip install "mnist-rnn[{name}]"'
     )
 
 
+def check_extra(name: str) -> None:
+    """A one-line error naming the extra when a library the command needs is not installed."""
+    # Asked before importing: some are imported only deep inside a run (onnxscript by torch.onnx.export).
+    missing = [lib for lib in EXTRAS[name] if importlib.util.find_spec(lib) is None]
+    if missing:
+        raise missing_extra(name, missing)
+
+
+def import_command(name: str):
+    """The command's module, or a one-line error naming the extra when a library it imports is missing."""
+    try:
+        return importlib.import_module(f"mnist_rnn.{name}")
+    except ModuleNotFoundError as err:
+        if not err.name or err.name.split(".")[0] == "mnist_rnn":
+            raise
+        raise missing_extra(name, [err.name.split(".")[0]]) from None
+
+
 def run_own_command(name: str, args: list[str]) -> None:
     parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
     add_options(name, parser)
+    if not {"-h", "--help"} & set(args):  # the options can be read without the extra; nothing else can
+        check_extra(name)
     options = parser.parse_args(args)  # --help ends here, before any import of torch
     import_command(name).run(options)
 
