@@ -77,10 +77,16 @@ def missing_extra(name: str, missing: list[str]) -> MissingExtraError:
     )
 
 
+def installed(library: str) -> bool:
+    if library in sys.modules:  # imported already (optuna_integration's lazy module has no __spec__ then)
+        return sys.modules[library] is not None  # None: hidden on purpose (the tests' import hook)
+    return importlib.util.find_spec(library) is not None
+
+
 def check_extra(name: str) -> None:
     """A one-line error naming the extra when a library the command needs is not installed."""
     # Asked before importing: some are imported only deep inside a run (onnxscript by torch.onnx.export).
-    missing = [lib for lib in EXTRAS[name] if importlib.util.find_spec(lib) is None]
+    missing = [lib for lib in EXTRAS[name] if not installed(lib)]
     if missing:
         raise missing_extra(name, missing)
 
