@@ -27,6 +27,7 @@ from mnist_rnn.errors import ConfigError
 from mnist_rnn.hardware import (
     auto_precision,
     auto_threads,
+    check_devices,
     check_precision,
     evaluation_precision,
     skip_gpu_probe_without_gpu,
@@ -142,6 +143,7 @@ class MnistRnnCLI(LightningCLI):
                 f" trainer.gradient_clip_val {config.trainer.gradient_clip_val} (Lightning clips only under one"
                 " step per batch); pass --trainer.gradient_clip_val null or --model.steps_per_execution 1"
             )
+        check_devices(config.trainer.accelerator, config.trainer.devices, config.threads)
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)
         else:

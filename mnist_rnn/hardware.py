@@ -178,3 +178,23 @@ def skip_gpu_probe_without_gpu() -> None:
     """
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+
+
+def check_devices(accelerator: Any, devices: Any, threads: Optional[int]) -> None:
+    """Hardware a run asks for that this machine lacks is one line, before anything is built."""
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}; or leave it out (null picks them from the batch size)")
+    if str(accelerator) in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--trainer.accelerator {accelerator} asks for a GPU, but torch sees no CUDA device on this machine;"
+                " pass --trainer.accelerator cpu (or auto, which uses a GPU where there is one)"
+            )
+        if isinstance(devices, str) and devices.isdigit():
+            devices = int(devices)  # the command line gives "4"; "auto" and "-1" mean every GPU there is
+        wanted = devices if isinstance(devices, int) and devices > 0 else len(devices) if isinstance(devices, (list, tuple)) else None
+        if wanted is not None and wanted > torch.cuda.device_count():
+            raise ConfigError(
+                f"--trainer.devices {devices} asks for {wanted} GPUs, but this machine has {torch.cuda.device_count()};"
+                f" pass --trainer.devices {torch.cuda.device_count()} or fewer"
+            )

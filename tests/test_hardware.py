@@ -87,3 +87,25 @@ def test_without_a_gpu_the_per_step_nvml_probe_is_turned_off():
     assert out[0] == "1"  # when this fails, Lightning no longer sets it and skip_gpu_probe_without_gpu can go
     gpus = int(out[1].split()[1])
     assert out[1].split()[0] == ("0" if gpus == 0 else "1")  # with a GPU, Lightning's setting stays
+
+
+def test_hardware_a_run_asks_for_that_is_not_there_is_one_line(tmp_path, monkeypatch, capsys):
+    # Issue 23: each ended in a stack trace (MisconfigurationException, a RuntimeError) or was taken silently.
+    from tests.conftest import TINY, cli_error
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for flags in (["-c", "gpu"], ["--trainer.accelerator", "gpu"], ["--trainer.accelerator", "cuda"]):
+        message = cli_error(capsys, "fit", "-c", TINY, *flags)
+        assert message.endswith("asks for a GPU, but torch sees no CUDA device on this machine; pass --trainer.accelerator"
+                                " cpu (or auto, which uses a GPU where there is one)"), message  # fmt: skip
+    for threads in ("0", "-3"):
+        assert cli_error(capsys, "fit", "-c", TINY, "--threads", threads) == (
+            f"--threads must be at least 1, got {threads}; or leave it out (null picks them from the batch size)"
+        )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert cli_error(capsys, "fit", "-c", TINY, "--trainer.accelerator", "gpu", "--trainer.devices", "4") == (
+        "--trainer.devices 4 asks for 4 GPUs, but this machine has 1; pass --trainer.devices 1 or fewer"
+    )
+    assert not (tmp_path / "runs").exists()
