@@ -32,7 +32,7 @@ OWN_COMMANDS = {
 }
 # The libraries each command beyond the core needs, and the extra that installs them.
 EXTRAS = {
-    "serve": ("fastapi", "uvicorn", "python_multipart"),
+    "serve": ("fastapi", "starlette", "uvicorn", "python_multipart"),  # serve.py imports starlette itself too
     "export": ("onnx", "onnxscript", "onnxruntime"),
     "sweep": ("optuna", "optuna_integration"),
 }
