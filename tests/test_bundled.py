@@ -4,8 +4,6 @@ the commands beyond the core install naming their extra when its libraries are m
 from __future__ import annotations
 
 import csv
-import re
-import select
 import signal
 import subprocess
 import sys
@@ -23,10 +21,10 @@ from mnist_rnn.data import normalize
 from mnist_rnn.images import read_digit
 from mnist_rnn.mnist_files import load_split
 from tests.conftest import REPO, TINY, cli_error, run_cli, run_main, subprocess_env
+from tests.test_serve import start_server
 
 INFO = read_checkpoint(bundled.BUNDLED_CKPT)[bundled.INFO]
 ANNOUNCED = f"using the bundled model: default config, seed {INFO['seed']}, test accuracy {100 * INFO['test_acc']:.2f}%"
-STARTUP_SECONDS = 120  # importing torch, Lightning and FastAPI on a busy 2-core machine (as tests/test_serve.py)
 # Every library the serve, export and sweep extras bring, hidden at once for the core commands.
 EXTRA_LIBRARIES = ("fastapi", "starlette", "uvicorn", "python_multipart", "multipart", "onnx", "onnxscript",
                    "onnxruntime", "optuna", "optuna_integration")  # fmt: skip
@@ -111,21 +109,6 @@ def test_predict_without_ckpt_path_answers_with_the_bundled_model_and_a_given_on
     assert set(predicted(tmp_path / "mine.csv").values()) == {7}
 
 
-def start_serve(*args: str, cwd: Path, env: dict) -> tuple[subprocess.Popen, str]:
-    """`mnist-rnn serve --port 0 ARGS`; returns the process and the address it printed."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_rnn", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd,
-    )  # fmt: skip
-    ready, _, _ = select.select([process.stdout], [], [], STARTUP_SECONDS)
-    line = process.stdout.readline() if ready else ""
-    found = re.search(r" at (http://127\.0\.0\.1:\d+/)  \(Ctrl-C stops\)$", line.strip())
-    if not found:
-        process.kill()
-        raise AssertionError(f"the server did not start: {line!r} {process.stderr.read()}")
-    return process, found.group(1)
-
-
 def stop_serve(process: subprocess.Popen) -> str:
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
@@ -136,7 +119,7 @@ def stop_serve(process: subprocess.Popen) -> str:
 def check_serves_the_bundled_model(tmp_path: Path, env: dict) -> None:
     """serve without --ckpt_path: the drawing page, and the bundled model's answer to a test digit."""
     (path,), _ = write_pngs(tmp_path / "digits", 1)
-    process, url = start_serve(cwd=tmp_path, env=env)
+    process, url = start_server(cwd=tmp_path, env=env)
     try:
         page = httpx.get(url, timeout=30)
         assert page.status_code == 200 and "<canvas" in page.text

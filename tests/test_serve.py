@@ -38,11 +38,11 @@ UPLOAD_LIMIT_MB = 1  # the test server's --max_upload_mb: small, so that the 413
 STARTUP_SECONDS = 120  # importing torch, Lightning and FastAPI on a busy 2-core machine
 
 
-def start_server(ckpt: Path, *args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
-    """`mnist-rnn serve` on a free port of 127.0.0.1 (--port 0); returns the process and the address it printed."""
+def start_server(*args: str, cwd: Path, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`mnist-rnn serve --port 0 ARGS` on a free port of 127.0.0.1; returns the process and the address it printed."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "mnist_rnn", "serve", "--ckpt_path", str(ckpt), "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=subprocess_env(), cwd=cwd,
+        [sys.executable, "-m", "mnist_rnn", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or subprocess_env(), cwd=cwd,
     )
     ready, _, _ = select.select([process.stdout], [], [], STARTUP_SECONDS)
     line = process.stdout.readline() if ready else ""
@@ -62,7 +62,8 @@ def stop(process: subprocess.Popen) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def server(trained_ckpt, tmp_path_factory):
-    process, url = start_server(trained_ckpt, "--max_upload_mb", str(UPLOAD_LIMIT_MB), cwd=tmp_path_factory.mktemp("serve"))
+    folder = tmp_path_factory.mktemp("serve")
+    process, url = start_server("--ckpt_path", str(trained_ckpt), "--max_upload_mb", str(UPLOAD_LIMIT_MB), cwd=folder)
     yield url
     stop(process)
 
@@ -308,7 +309,7 @@ def test_bad_start_settings_are_one_line_errors(capsys, tmp_path, trained_ckpt):
 
 
 def test_a_busy_port_is_refused_and_ctrl_c_stops_cleanly(trained_ckpt, capsys, tmp_path):
-    process, url = start_server(trained_ckpt, cwd=tmp_path)
+    process, url = start_server("--ckpt_path", str(trained_ckpt), cwd=tmp_path)
     port = url.rsplit(":", 1)[1].rstrip("/")
     message = cli_error(capsys, "serve", "--ckpt_path", str(trained_ckpt), "--port", port)
     assert message == f"port {port} on 127.0.0.1 is already in use; stop what listens there or pass another --port"
