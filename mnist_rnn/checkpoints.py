@@ -23,7 +23,21 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from mnist_rnn.errors import CheckpointError, OutputError
-from mnist_rnn.model import upgrade_state_dict
+
+# Checkpoints written before the network moved into its own module (mnist-rnn 0.1.0 as of
+# 2026-11-30) name the weights rnn.*, head.* and permutation; they now live under net.
+_LEGACY_PREFIXES = ("rnn.", "head.", "permutation")
+
+
+def upgraded_key(key: str) -> str:
+    """A weight's name under net.*, whether written before or after the move."""
+    return f"net.{key}" if key.startswith(_LEGACY_PREFIXES) else key
+
+
+def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A state_dict with the weights under net.*, whether it was written before or after the move."""
+    return {upgraded_key(key): value for key, value in state_dict.items()}
+
 
 _FIX = "pass a checkpoint file written by `mnist-rnn fit` (runs/<config>/version_<N>/checkpoints/*.ckpt)"
 

@@ -19,6 +19,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from mnist_rnn.checkpoints import upgraded_key
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
 from mnist_rnn.resume import check_schedule_length
@@ -28,21 +29,6 @@ FLOAT32_MAX = torch.finfo(torch.float32).max
 # RecurrentClassifier.on_before_batch_transfer is meant to run with the datamodule (which has no such
 # hook): Lightning says so on every fit.
 warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed.*")
-
-# Checkpoints written before the network moved into its own module (mnist-rnn 0.1.0 as of
-# 2026-11-30) name the weights rnn.*, head.* and permutation; they now live under net.
-_LEGACY_PREFIXES = ("rnn.", "head.", "permutation")
-
-
-def upgraded_key(key: str) -> str:
-    """A weight's name under net.*, whether written before or after the move."""
-    return f"net.{key}" if key.startswith(_LEGACY_PREFIXES) else key
-
-
-def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A state_dict with the weights under net.*, whether it was written before or after the move."""
-    return {upgraded_key(key): value for key, value in state_dict.items()}
-
 
 class RecurrentClassifier(L.LightningModule):
     """Trains `RecurrentNet` (an LSTM or GRU reading an image as a sequence) to classify digits."""
@@ -231,8 +217,9 @@ class RecurrentClassifier(L.LightningModule):
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         # Before the Lightning step's first hook (on_train_batch_start, where LearningRateMonitor
         # looks), so that every hook of the step sees the loggers' step after its last optimizer step.
-        if not self.automatic_optimization and self.trainer.training and isinstance(batch, list):
-            count_logger_steps(self.trainer, len(batch) - 1)
+        trainer = self.attached_trainer()
+        if not self.automatic_optimization and trainer is not None and trainer.training and isinstance(batch, list):
+            count_logger_steps(trainer, len(batch) - 1)
         return batch
 
     def on_train_epoch_end(self) -> None:
@@ -267,8 +254,16 @@ class RecurrentClassifier(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The precision the weights were trained in: test, validate, predict and a resumed fit use it.
-        # (Lightning calls this hook only from trainer.save_checkpoint, so a trainer is attached.)
-        checkpoint["precision"] = str(self.trainer.precision)
+        trainer = self.attached_trainer()
+        if trainer is not None:
+            checkpoint["precision"] = str(trainer.precision)
+
+    def attached_trainer(self) -> "L.Trainer | None":
+        """The Trainer, or None (`self.trainer` raises where none is attached: strategy.connect alone)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     def on_train_start(self) -> None:
         check_schedule_length(self.trainer, self.hparams.scheduler, self.optimizer_steps())
@@ -298,7 +293,8 @@ class RecurrentClassifier(L.LightningModule):
         # Fused Adam updates all parameters in one kernel instead of a handful of ops per tensor,
         # which matters when a step takes a millisecond (batch 10). Lightning's mixed-precision
         # plugin refuses gradient clipping with fused optimizers, so clipped runs use foreach.
-        clipping = bool(self.trainer.gradient_clip_val)
+        trainer = self.attached_trainer()
+        clipping = bool(trainer is not None and trainer.gradient_clip_val)
         optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, clipping)
         if hp.scheduler == "none":
             return optimizer
