@@ -5,6 +5,8 @@ import pytest
 from benchmarks import bench
 
 
+# Slow: the whole smoke benchmark, about 2.5 min of fits on a 2-core CPU (measured 148 s on 2026-12-01).
+@pytest.mark.slow
 def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--smoke", "--json", str(out)])

@@ -151,6 +151,7 @@ def test_search_stays_in_its_space_and_reports_the_best_trial(tmp_path):
     assert (tmp_path / best["run"]).parent.joinpath("version_1", "config.yaml").is_file()
 
 
+@pytest.mark.slow  # waits out the 30 s heartbeat grace before the retry: about 70 s measured
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     # One slowed-down epoch of 40 steps per seed, with last.ckpt written every 0.2 s of training,
     # so that the kill lands in the middle of the second seed's training.
