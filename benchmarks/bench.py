@@ -35,7 +35,7 @@ from torch import nn
 
 from mnist_rnn.cli import MnistRnnCLI, cli_main, config_file
 from mnist_rnn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
-from mnist_rnn.hardware import cpu_kernel_runs, cpu_name, missing_feature, native_bf16_cpu
+from mnist_rnn.hardware import cores, cpu_kernel_runs, cpu_name, missing_feature, native_bf16_cpu
 from mnist_rnn.mnist_files import EMBEDDED_DIR, IDX_FILES, load_split
 
 REPO = Path(__file__).resolve().parent.parent
@@ -424,7 +424,7 @@ def run(smoke: bool, sections: tuple[str, ...] = SECTIONS, reps: Optional[int] =
     results: dict = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "machine": {
-            "cpu": cpu_name(), "cores": os.cpu_count(), "native_bf16": native_bf16_cpu(),
+            "cpu": cpu_name(), "cores": cores(), "native_bf16": native_bf16_cpu(),
             "torch": torch.__version__, "lightning": L.__version__, "python": platform.python_version(),
         },
         "load_at_start": load(),

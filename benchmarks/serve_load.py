@@ -18,7 +18,6 @@ import asyncio
 import datetime
 import io
 import ipaddress
-import os
 import platform
 import re
 import select
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from mnist_rnn.hardware import cores, cpu_name
 from mnist_rnn.mnist_files import load_split
 
 
@@ -46,14 +46,7 @@ def page_png(index: int = 0) -> bytes:
 
 
 def machine() -> str:
-    model = ""
-    try:
-        with open("/proc/cpuinfo") as file:
-            model = next((line.split(":", 1)[1].strip() for line in file if line.startswith("model name")), "")
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cores} cores, {model or platform.processor() or platform.machine()}"
+    return f"{cores()} cores, {cpu_name()}"
 
 
 def check_loopback(url: str) -> None:

@@ -30,12 +30,12 @@ import numpy as np
 import torch
 
 from mnist_rnn import bundled
+from mnist_rnn.commands import CHECK_IMAGES  # the option and its range come from the command line
 from mnist_rnn.errors import ConfigError, ExportError
 from mnist_rnn.inference import LoadedModel, PixelsToLogits, answer, load_model
 from mnist_rnn.mnist_files import load_split
 from mnist_rnn.network import IMAGE_SIDE
 
-TEST_IMAGES = 10_000
 # The largest difference in any probability allowed between ONNX Runtime and PyTorch. Measured:
 # 2e-8 to 3e-7 for LSTM, GRU, bidirectional and permuted models (float32 rounding, 2026-11-30).
 MAX_PROBABILITY_GAP = 1e-4
@@ -53,8 +53,8 @@ class PixelsToProbabilities(PixelsToLogits):
 
 
 def run(args: argparse.Namespace) -> None:
-    if not 1 <= args.check_images <= TEST_IMAGES:
-        raise ConfigError(f"--check_images must lie in 1..{TEST_IMAGES}, got {args.check_images}")
+    if not 1 <= args.check_images <= CHECK_IMAGES:
+        raise ConfigError(f"--check_images must lie in 1..{CHECK_IMAGES}, got {args.check_images}")
     targets = [Path(args.output).expanduser()] + ([Path(args.pt2).expanduser()] if args.pt2 else [])
     for target in targets:
         check_target(target, args.overwrite)

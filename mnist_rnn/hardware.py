@@ -154,6 +154,11 @@ def auto_precision(accelerator: Any, batch_size: int, sequence: str = "rows", ce
     return "32-true"
 
 
+def cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, which a container or taskset narrows)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def auto_threads(batch_size: int) -> int:
     """Threads for torch on the CPU.
 
@@ -163,7 +168,7 @@ def auto_threads(batch_size: int) -> int:
     """
     if batch_size < 32:
         return 1
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores()
 
 
 def skip_gpu_probe_without_gpu() -> None:

@@ -19,7 +19,7 @@ from mnist_rnn.bundled import BUNDLED_CKPT, INFO, KEEP, MAX_BYTES, describe
 from mnist_rnn.checkpoints import read_checkpoint
 from mnist_rnn.cli import cli_main
 from mnist_rnn.errors import ConfigError, MnistRnnError
-from mnist_rnn.hardware import cpu_name
+from mnist_rnn.hardware import cores, cpu_name
 from mnist_rnn.inference import training_state
 
 
@@ -64,7 +64,7 @@ def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
         "seed": _run_seed(source),
         "source": source.name,
         "val_acc": _best_val_acc(checkpoint),
-        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+        "machine": f"{cpu_name()}, {cores()} cores",
         "torch": str(torch.__version__),  # a plain str: TorchVersion would be pickled code to the checked reader
         "command": "python -m mnist_rnn.make_bundled",
     }

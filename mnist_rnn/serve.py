@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
 import signal
 import socket
 from pathlib import Path
@@ -38,6 +37,7 @@ from starlette.datastructures import UploadFile
 
 from mnist_rnn import bundled
 from mnist_rnn.errors import ConfigError, PredictInputError, ServeError
+from mnist_rnn.hardware import cores
 from mnist_rnn.inference import LoadedModel, answer, load_model, read_upload
 
 PAGE_DIR = Path(__file__).parent / "serve_page"
@@ -199,7 +199,7 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = 10_000_000) -> FastA
     info = model_info(loaded)
     # Decoding and inference run in at most one thread per core, the requests waiting their turn in
     # arrival order: more threads than cores only fight over the cores and the GIL.
-    workers = anyio.CapacityLimiter(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    workers = anyio.CapacityLimiter(cores())
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

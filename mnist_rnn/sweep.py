@@ -16,7 +16,6 @@ import csv
 import json
 import logging
 import multiprocessing
-import os
 import shlex
 import signal
 import statistics
@@ -34,7 +33,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from mnist_rnn import resume
+from mnist_rnn import hardware, resume
 from mnist_rnn.errors import MnistRnnError, TrainingStopped
 from mnist_rnn.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner
 
@@ -291,8 +290,7 @@ def run(options: argparse.Namespace) -> None:
                          f"--resume: no sweep to continue in {folder}/; start it without --resume")
     url = options.storage or f"sqlite:///{database.resolve()}"  # absolute: jsonargparse changes folder reading a config
     folder.mkdir(parents=True, exist_ok=True)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // options.parallel) if options.parallel > 1 else None  # N trials share the cores
+    threads = max(1, hardware.cores() // options.parallel) if options.parallel > 1 else None  # N trials share the cores
     sweep = Sweep(spec, folder, url, threads)
     done = sweep.prepare(resume_stopped=options.resume)
     kind = f"{len(spec.seeds)} seeds" if spec.seeds else f"{spec.n_trials} trial(s), {spec.metric} {spec.direction[:3]}"
