@@ -36,8 +36,18 @@ MNIST_STD = 0.3081
 NO_LABEL = -1
 
 def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
-    """uint8 pixels in [0, 255] -> float32, standardized as during training."""
-    return images.float().div_(255.0).sub_(mean).div_(std)
+    """Pixels in [0, 255] (uint8 or float) -> float32, standardized as during training.
+
+    The one place the arithmetic is written: the data module, `predict`, `serve` and the exported
+    ONNX graph (inference.PixelsToLogits) all call it. One copy, then in place: the input is left
+    as it was, and all of MNIST needs one float copy only.
+    """
+    return images.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
+
+
+def saved_normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
+    """The mean and standard deviation a checkpoint's model was trained with (its data settings), else MNIST's."""
+    return float(saved_data.get("mean", MNIST_MEAN)), float(saved_data.get("std", MNIST_STD))
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
