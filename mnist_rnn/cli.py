@@ -21,9 +21,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from mnist_rnn import bundled, checkpoints, resume
+from mnist_rnn import bundled, checkpoints, resume, steps_per_execution
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import ConfigError
 from mnist_rnn.hardware import (
     auto_precision,
     auto_threads,
@@ -137,12 +136,8 @@ class MnistRnnCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        if self.subcommand == "fit" and config.model.steps_per_execution > 1 and config.trainer.gradient_clip_val:
-            raise ConfigError(
-                f"model.steps_per_execution {config.model.steps_per_execution} cannot be combined with"
-                f" trainer.gradient_clip_val {config.trainer.gradient_clip_val} (Lightning clips only under one"
-                " step per batch); pass --trainer.gradient_clip_val null or --model.steps_per_execution 1"
-            )
+        if self.subcommand == "fit":
+            steps_per_execution.check_settings(config.model.steps_per_execution, config.trainer.gradient_clip_val)
         check_devices(config.trainer.accelerator, config.trainer.devices, config.threads)
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)

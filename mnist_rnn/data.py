@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from mnist_rnn.errors import ConfigError, DatasetError
 from mnist_rnn.images import read_digits
 from mnist_rnn.mnist_files import load_split
+from mnist_rnn.steps_per_execution import check_settings, group, lightning_steps
 
 # The dataset is in memory: worker processes would only copy it, so Lightning's advice to add
 # some does not apply.
@@ -170,10 +171,10 @@ class ResumableLoader(DataLoader):
         return super().__len__()
 
     def __len__(self) -> int:
-        return -(-self.batches_per_epoch // self.steps_per_execution)
+        return lightning_steps(self.batches_per_epoch, self.steps_per_execution)
 
     def __iter__(self):
-        return self._batches()
+        return group(self._batches(), self.steps_per_execution)
 
     def _batches(self):
         # Everything happens at the first batch, after Lightning has set the sampler's epoch.
@@ -182,20 +183,11 @@ class ResumableLoader(DataLoader):
         pending, resume.pending = resume.pending, None
         skip = pending["served"] if pending is not None and pending.get("epoch") == epoch else 0
         resume.epoch, resume.served = epoch, 0
-        group: list = []
         for index, batch in enumerate(super().__iter__()):
             resume.served = index + 1  # read only between yields: then it counts what was handed out
             if index < skip:
                 continue
-            if self.steps_per_execution == 1:
-                yield batch
-                continue
-            group.append(batch)
-            if len(group) == self.steps_per_execution:
-                yield group
-                group = []
-        if group:
-            yield group
+            yield batch
 
 
 def shuffle_seed() -> int:
@@ -254,8 +246,7 @@ class MNISTDataModule(L.LightningDataModule):
             )
         if std != "auto" and not std > 0:
             raise ConfigError(f"data.std must be positive or auto, got {std}")
-        if steps_per_execution < 1:
-            raise ConfigError(f"steps_per_execution must be at least 1, got {steps_per_execution}")
+        check_settings(steps_per_execution)
         if not 0 <= max_shift <= 8:
             raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
         self.save_hyperparameters()
