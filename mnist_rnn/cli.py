@@ -21,7 +21,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from mnist_rnn import bundled, checkpoints, resume, steps_per_execution
+from mnist_rnn import bundled, checkpoints, resume, runs, steps_per_execution
 from mnist_rnn.data import MNISTDataModule
 from mnist_rnn.hardware import (
     auto_precision,
@@ -111,14 +111,14 @@ class MnistRnnCLI(LightningCLI):
         if not config:
             return
         if subcommand == "fit":
-            resume.name_run(config)
+            runs.name_run(config)
         bundled_model = subcommand != "fit" and not config.get("ckpt_path")
         if bundled_model:  # evaluating nothing but random weights would be a silent wrong run
             config.ckpt_path = str(bundled.BUNDLED_CKPT)
         if not config.get("ckpt_path"):
             return  # fit from scratch
         found_by_last = config.ckpt_path == resume.LAST
-        path = resume.resolve(config.ckpt_path, resume.runs_folder(config))
+        path = resume.resolve(config.ckpt_path, runs.runs_folder(config))
         self.checkpoint = checkpoints.read_checkpoint(path)
         if bundled_model:
             print(bundled.announcement(self.checkpoint), file=sys.stderr, flush=True)

@@ -1,14 +1,72 @@
-"""Run folders: runs/<config>/version_<N>/, one per `fit`, never shared by two of them."""
+"""Run folders: runs/<config>/version_<N>/, one per `fit`, never shared by two of them.
+
+What a run is named, where a config's runs are, and which checkpoint of them is the newest.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_rnn.errors import OutputError
+
+
+def newest_in(folder: Path) -> Optional[Path]:
+    """The most recently written checkpoint in a folder, if any."""
+    files = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def version_of(folder: Path) -> Optional[int]:
+    """N for a run folder named version_<N>, else None."""
+    number = folder.name.removeprefix("version_")
+    return int(number) if folder.name.startswith("version_") and number.isdigit() else None
+
+
+def run_versions(runs: Path) -> list[Path]:
+    """The run folders runs/<config>/version_<N>/, newest (highest N) first."""
+    folders = [p for p in runs.glob("version_*") if p.is_dir() and version_of(p) is not None]
+    return sorted(folders, key=version_of, reverse=True)
+
+
+def newest_checkpoint(runs: Path) -> Optional[Path]:
+    """The newest checkpoint of the newest run of a config that has one.
+
+    A run killed before its first checkpoint has nothing to resume and is passed over.
+    """
+    for run in run_versions(runs):
+        found = newest_in(run / "checkpoints")
+        if found is not None:
+            return found
+    return None
+
+
+def runs_folder(config) -> Optional[Path]:
+    """runs/<config name>/ of the configured logger: where `--ckpt_path last` looks."""
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not init_args or init_args.get("save_dir") is None or init_args.get("name") is None:
+        return None
+    return Path(init_args.save_dir) / init_args.name
+
+
+def name_run(config) -> None:
+    """A run is named after the config that made it, so `--ckpt_path last` finds that config's runs.
+
+    A logger name given in a config or a flag is kept; otherwise `-c FILE` names the run after the
+    last such file's stem (runs/<stem>/), and a plain `mnist-rnn fit` is runs/default/.
+    """
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not init_args or "name" not in init_args or init_args.get("name") is not None:
+        return
+    files = [str(f) for f in (config.get("config") or [])]
+    init_args.name = Path(files[-1]).stem if files else "default"
+
 
 
 class RunLogger(TensorBoardLogger):

@@ -33,7 +33,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from mnist_rnn import hardware, resume
+from mnist_rnn import hardware, resume, runs
 from mnist_rnn.errors import MnistRnnError, TrainingStopped
 from mnist_rnn.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner
 
@@ -182,7 +182,7 @@ class Sweep:
         args += [flag("threads", self.threads)] if self.threads else []
         args += [flag("trainer.devices", 1)]  # `auto` would be every GPU, under DDP (see check_spec)
         args += [flag("trainer.logger.init_args.save_dir", str(self.folder)), flag("trainer.logger.init_args.name", run.name)]
-        args += ["--ckpt_path", resume.LAST] if resume.newest_checkpoint(run) is not None else []
+        args += ["--ckpt_path", resume.LAST] if runs.newest_checkpoint(run) is not None else []
         # Persistent callbacks (LightningCLI's trainer_defaults), not in config.yaml: the run's config.yaml
         # reruns the trial as a plain fit.
         callbacks = (kept, *([PyTorchLightningPruningCallback(trial, self.spec.metric)] if self.spec.is_search else []))

@@ -17,7 +17,7 @@ from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from mnist_rnn.checkpoints import SafeCheckpointIO, read_checkpoint
 from mnist_rnn.errors import CheckpointError, OutputError
-from mnist_rnn.resume import newest_checkpoint
+from mnist_rnn.runs import newest_checkpoint
 from tests.conftest import TINY, cli_error
 
 
