@@ -41,6 +41,9 @@ SQLITE_TIMEOUT_S = 60  # how long a writer waits for SQLite's lock (a trial writ
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the shell's status of a process stopped by a signal
 RETRY = Retry(inherit_intermediate_values=True)
+# This module runs the sweep command only (and its spawned workers import it): Optuna is quiet for both.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry helpers
+optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
 
 
 @contextlib.contextmanager
@@ -63,8 +66,7 @@ def disk_full(path: Any):
     except (OSError, sqlalchemy.exc.OperationalError) as err:
         if getattr(err, "errno", None) != errno.ENOSPC and "database or disk is full" not in str(err):
             raise
-        raise OutputError(f"cannot write {path}: the disk is full; free space there, then run the sweep again with --resume"
-                          " (finished trials are kept)") from None
+        raise OutputError(f"cannot write {path}: the disk is full; free space there, then resume the sweep (--resume)") from None
 
 
 def write(path: Path, rows: Any) -> None:
@@ -99,8 +101,7 @@ class Sweep:
         return self.study.get_trials(deepcopy=False, states=states or None)
 
     def prepare(self, resume: bool) -> int:
-        """Keep the sweep file in a new study, or check it against the stored one; queue the seeds (on --resume,
-        also those whose trial failed). Returns the number of finished trials."""
+        """Keep the sweep file in the study, or check it against the one kept; queue the seeds; the trials finished."""
         stored, mine = self.study.user_attrs.get("spec"), self.spec.as_dict()
         if stored not in (None, mine):
             raise SweepError(f"{self.spec.path} differs from the sweep {self.spec.name} stored in the study"
@@ -216,14 +217,8 @@ class Sweep:
         write(self.folder / "summary.json", summary)
 
 
-def quiet_optuna() -> None:
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry helpers
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
-
-
 def worker(spec: Spec, folder: Path, url: str, threads: Optional[int], index: int) -> None:
     """One worker process of --parallel; its error in one line, as the sweep's own."""
-    quiet_optuna()
     try:
         with disk_full(url.removeprefix("sqlite:///")):
             Sweep(spec, folder, url, threads, index).work()
@@ -252,7 +247,6 @@ def run(options) -> None:
     """`mnist-rnn sweep` with its parsed options (mnist_rnn/commands.py)."""
     if options.parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {options.parallel}")
-    quiet_optuna()
     spec = load_spec(options.config)
     folder = check_spec(spec)
     database = folder / "sweep.db"
@@ -263,7 +257,6 @@ def run(options) -> None:
     url = options.storage or f"sqlite:///{database.resolve()}"  # absolute: jsonargparse changes folder reading a config
     folder.mkdir(parents=True, exist_ok=True)
     threads = max(1, hardware.cores() // options.parallel) if options.parallel > 1 else None  # N trials share the cores
-    codes: list[int] = []
     with disk_full(url.removeprefix("sqlite:///")):
         sweep = Sweep(spec, folder, url, threads)
         done = sweep.prepare(resume=options.resume)

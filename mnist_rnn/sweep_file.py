@@ -30,15 +30,13 @@ RESERVED = ("trainer.logger.", "ckpt_path.")  # set by the sweep for every trial
 class Spec(SimpleNamespace):
     """path, name, base (paths), overrides, seeds (None for a search), and the keys of SEARCH."""
 
-    def as_dict(self) -> dict:
-        """What makes two runs of a sweep the same sweep (kept in the study, compared on --resume)."""
+    def as_dict(self) -> dict:  # what makes two runs the same sweep (kept in the study, compared on --resume)
         # The base configs' text, not their paths: machines sharing a study install them in different places.
         settings = {**vars(self), "base": [p.read_text() for p in self.base]}
         return json.loads(json.dumps({k: v for k, v in settings.items() if k not in ("path", "name")}))  # as stored
 
     def fit_args(self) -> list[str]:
-        """The `fit` arguments every trial shares: the base configs, then the overrides (a -c value that
-        is not a file is read as YAML text and merged as a file is, so `callbacks+:` appends)."""
+        """The base configs, then the overrides (a -c value that is not a file is YAML text, merged as a file is)."""
         args = [arg for path in self.base for arg in ("-c", str(path))]
         overrides = yaml.safe_dump(self.overrides, default_flow_style=True, width=10**6).strip()
         return args + (["-c", overrides] if self.overrides else [])
@@ -135,8 +133,7 @@ def distribution(at: str, rule: Any) -> tuple[str, dict]:
 
 
 def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
-    """`median` (Optuna's MedianPruner: stop a trial below the median of the trials before it at the
-    same epoch), `none`, or {name: median, n_startup_trials: .., n_warmup_steps: ..}."""
+    """`median` (Optuna's MedianPruner), `none`, or {name: median, n_startup_trials: .., n_warmup_steps: ..}."""
     if spec.seeds is not None or spec.pruner in (None, "none", False):  # a seed sweep prunes nothing
         return optuna.pruners.NopPruner()
     kwargs = dict(spec.pruner) if isinstance(spec.pruner, dict) else {"name": spec.pruner}
