@@ -40,10 +40,10 @@ HEARTBEAT_S, GRACE_S = 5, 30
 SQLITE_TIMEOUT_S = 60  # how long a writer waits for SQLite's lock (a trial writes once per epoch and beat)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the shell's status of a process stopped by a signal
-RETRY = Retry(inherit_intermediate_values=True)
 # This module runs the sweep command only (and its spawned workers import it): Optuna is quiet for both.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry helpers
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
+RETRY = Retry(inherit_intermediate_values=True)
 
 
 @contextlib.contextmanager
@@ -159,6 +159,13 @@ class Sweep:
             with logged_to(run / "fit.log") as log:
                 log.write(f"$ {shlex.join(['mnist-rnn', *args])}\n")
                 cli = cli_main(args, callbacks=callbacks)
+            self.record(trial, cli.trainer, started, best_checkpoint=getattr(cli.trainer.checkpoint_callback, "best_model_path", None))
+            # A retry of a trial killed in its test fits nothing more: its metric and checkpoint are the attempt's before.
+            value, best = trial.user_attrs.get(spec.metric), trial.user_attrs.get("best_checkpoint")
+            if value is None or not best:
+                raise MnistRnnError(f"it logged no {spec.metric} or saved no checkpoint to test")
+            with logged_to(run / "test.log"):  # the exact score of `mnist-rnn test -c <run>/config.yaml --ckpt_path <best>`
+                test_acc = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
         except optuna.TrialPruned:
             print(f"trial {trial.number}: pruned after epoch {kept[0].current_epoch + 1}", flush=True)
             raise
@@ -167,14 +174,7 @@ class Sweep:
             raise
         except (SystemExit, MnistRnnError) as err:  # SystemExit: a value the fit parser refused, printed to the log
             error = f"fit exited with status {err.code}" if isinstance(err, SystemExit) else err
-            raise MnistRnnError(f"trial {trial.number} failed: {error} (log: {run / 'fit.log'})") from None
-        self.record(trial, cli.trainer, started, best_checkpoint=getattr(cli.trainer.checkpoint_callback, "best_model_path", None))
-        # A retry of a trial killed in its test fits nothing more: its metric and checkpoint are the attempt's before.
-        value, best = trial.user_attrs.get(spec.metric), trial.user_attrs.get("best_checkpoint")
-        if value is None or not best:
-            raise MnistRnnError(f"trial {trial.number} logged no {spec.metric} or saved no checkpoint to test (log: {run / 'fit.log'})")
-        with logged_to(run / "test.log"):  # the exact score of `mnist-rnn test -c <run>/config.yaml --ckpt_path <best>`
-            test_acc = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
+            raise MnistRnnError(f"trial {trial.number} failed: {error} (logs: {run}/fit.log, test.log)") from None
         wall_s = self.record(trial, cli.trainer, started, **{"test/acc": test_acc})
         print(f"trial {trial.number}: {spec.metric} {value:.4f}  test/acc {test_acc:.2%}  ({wall_s:.0f} s)  {cli.trainer.log_dir}",
               flush=True)

@@ -221,13 +221,16 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     kills = 1
     for attempt in range(2):
         running = start("--resume")
-        header = running.stdout.readline()
+        header = next((line for line in running.stdout if line.startswith("sweep killed:")), "")
         assert attempt or "1 done, 1 to run" in header, header
+        delay = draws.uniform(0, 25)
         try:
-            running.wait(timeout=draws.uniform(0, 25))
+            running.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             kill(running)
             kills += 1
+            started = (folder / "seed_2" / "fit.log").read_text().count("\n$ ")
+            print(f"kill {kills}: {delay:.1f} s after the resumed sweep's first line; seed 2 started {started + 1} times")
     assert kills >= 2
 
     status, out, err = run_main("sweep", "-c", str(sweep), "--resume", cwd=tmp_path)
