@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy.exc
 import torch
 import yaml
+from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -161,7 +162,7 @@ def table(rows: list[dict]) -> list[tuple]:
     return [(r["seed"], r["state"], r["val/acc_best"], r["test/acc"]) for r in rows]
 
 
-@pytest.mark.slow  # waits out the 30 s heartbeat grace after each kill, and runs the sweep unkilled too: about 4 min measured
+@pytest.mark.slow  # waits out the 30 s heartbeat grace after each kill, and runs the sweep unkilled too: 175-190 s measured (busy 2-core machine)
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     # The kills after the first land at random moments; the seed is printed (pytest shows it on a failure).
     kill_seed = int(os.environ.get("MNIST_RNN_KILL_SEED", random.randrange(10**6)))
@@ -257,6 +258,35 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     assert [line for line in out.splitlines() if line.startswith("test/acc over")] == [
         line for line in unkilled_out.splitlines() if line.startswith("test/acc over")
     ]
+
+
+class KillOnTest(Callback):
+    """SIGKILLs its process as the first test starts (the marker file says it happened): a kill between fit and test."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = Path(marker)
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        if not self.marker.exists():
+            self.marker.touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.slow  # waits out the 30 s heartbeat grace: 76 s measured (busy 2-core machine)
+def test_a_sweep_killed_in_a_trials_test_retries_the_test_alone(tmp_path):
+    killer = {"class_path": "tests.test_sweep.KillOnTest", "init_args": {"marker": str(tmp_path / "killed")}}
+    sweep = write_sweep(tmp_path, "tested", overrides={"trainer": {**QUICK["trainer"], "callbacks+": [killer]}}, seeds=1)
+    killed = subprocess.run([sys.executable, "-m", "mnist_rnn", "sweep", "-c", str(sweep)], cwd=tmp_path, env=subprocess_env(),
+                            capture_output=True, text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL and (tmp_path / "killed").exists(), killed.stdout + killed.stderr
+    status, out, err = run_main("sweep", "-c", str(sweep), "--resume", cwd=tmp_path)
+    assert status == 0 and "trial 1 (trial 0 again): seed 1" in out, err
+    run = tmp_path / "runs" / "tested" / "seed_1"
+    assert re.search(r"resuming \S+ from \S+ \(epoch 1, after step 5\)", (run / "fit.log").read_text())  # nothing left to train
+    [row] = read_rows(tmp_path / "runs" / "tested" / "results.csv")
+    assert row["state"] == "complete" and row["val/acc_best"]  # the metric its fit recorded before the kill
+    # The test the kill cut short, run whole: 2 test batches of 500, the first 1,000 images (a sample is 1e-3).
+    assert float(row["test/acc"]) == pytest.approx(accuracy_on_test_images(tmp_path / row["best_checkpoint"], 1000), abs=1e-6)
 
 
 def test_a_full_disk_under_the_results_or_the_study_is_one_line(tmp_path, monkeypatch):
