@@ -21,7 +21,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from mnist_rnn import bundled, checkpoints, resume
+from mnist_rnn import bundled, checkpoints, resume, runs
 from mnist_rnn.data import MNISTDataModule
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.hardware import (
@@ -69,8 +69,10 @@ class SaveFitConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and not (Path(trainer.log_dir or "") / self.config_filename).is_file():
-            super().setup(trainer, pl_module, stage)
+        config = Path(trainer.log_dir or "") / self.config_filename
+        if stage == "fit" and not config.is_file():
+            with runs.reporting_full_disk(config, config.parent, fresh=True):  # a torn config.yaml is removed
+                super().setup(trainer, pl_module, stage)
 
 
 class MnistRnnCLI(LightningCLI):
