@@ -91,7 +91,12 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
-        super().log_metrics(metrics, step)
+        try:
+            super().log_metrics(metrics, step)
+        except ValueError as err:  # Lightning calls any error of add_scalar a value it cannot log
+            if isinstance(err.__cause__, OutputError):
+                raise err.__cause__ from None
+            raise
         if getattr(self, "_flush_next", False):
             self._flush_next = False
             self.experiment.flush()

@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_rnn import commands
 from mnist_rnn.checkpoints import read_checkpoint
+from mnist_rnn.errors import OutputError
+from mnist_rnn.runs import RunLogger
 from tests.conftest import TINY, run_main
 
 RUN = Path("runs/tiny/version_0")
@@ -175,6 +178,21 @@ def test_a_full_disk_at_a_run_file_is_one_line_naming_it(tmp_path, monkeypatch, 
     else:  # written whole or not at all: a torn one is removed
         assert message.endswith("no checkpoint was written yet; free space, then run the same command again")
         assert not (tmp_path / RUN / pattern).exists()
+
+
+def test_a_writer_thread_dead_of_a_full_disk_is_one_error_at_the_next_scalar(tmp_path, monkeypatch, thread_errors):
+    logger = RunLogger(save_dir=str(tmp_path), name="run")
+    logger.log_metrics({"loss": 1.0}, 0)
+    logger.experiment.flush()
+    fill_disk_at(monkeypatch, "events.out.tfevents.*")
+    # The writer thread dies writing the next scalar; one of the calls after it learns of it, the very next
+    # or a later one. Lightning would call that a ValueError: "you tried to log 0.5 which is currently not supported".
+    with pytest.raises(OutputError, match=r"^cannot write .*events\.out\.tfevents\.[^ ]+: the disk is full \("):
+        for step in range(1, 500):
+            logger.log_metrics({"loss": 1 / step}, step)
+            time.sleep(0.01)
+    assert thread_errors == []
+    logger.finalize("failed")  # a run that failed: the error that ended it is the one reported, not this one
 
 
 @pytest.mark.parametrize("output", [None, "out.csv"], ids=["default name", "--predictions.output"])
