@@ -68,8 +68,10 @@ class SaveFitConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and not (Path(trainer.log_dir or "") / self.config_filename).is_file():
-            super().setup(trainer, pl_module, stage)
+        config = Path(trainer.log_dir or "") / self.config_filename
+        if stage == "fit" and not config.is_file():
+            with runs.reporting_full_disk(config, config.parent, fresh=True):  # a torn config.yaml is removed
+                super().setup(trainer, pl_module, stage)
 
 
 class MnistRnnCLI(LightningCLI):
