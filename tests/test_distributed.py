@@ -98,7 +98,11 @@ def test_one_two_process_step_equals_one_single_process_step_on_the_same_samples
 STOP_AT_STEP = 5
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+# SIGINT takes the same path through StopOnSignal as SIGTERM; it runs with the slow tests (about a
+# minute of the default suite's on 2 cores).
+@pytest.mark.parametrize(
+    "signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM], ids=["SIGINT", "SIGTERM"]
+)
 def test_a_signal_to_the_launching_process_stops_every_rank_at_one_step_and_resumes(tmp_path, signum):
     # Dropout between two layers, so that each rank's random generators matter for the weights.
     flags = [*DDP, "--data.batch_size", "32", "--model.num_layers", "2", "--model.dropout", "0.3"]

@@ -163,6 +163,7 @@ def test_the_cli_scores_a_checkpoint_of_the_earlier_module_layout(tmp_path):
     from tests.conftest import run_cli
 
     ckpt = Path(__file__).parent / "fixtures" / "legacy_permuted_gru.ckpt"
-    cli, _ = run_cli("test", "--ckpt_path", str(ckpt), "--trainer.limit_test_batches", "1", cwd=tmp_path)
+    # One batch of 100 digits: a 784-step GRU reads a batch of 1000 for over a minute on 2 cores.
+    cli, _ = run_cli("test", "--ckpt_path", str(ckpt), "--data.eval_batch_size", "100", "--trainer.limit_test_batches", "1", cwd=tmp_path)
     assert cli.model.hparams.sequence == "permuted" and cli.model.hparams.cell == "gru"
     assert "test/acc" in cli.trainer.callback_metrics
