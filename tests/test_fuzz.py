@@ -23,13 +23,20 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from mnist_rnn.errors import DatasetError, PredictInputError
 from mnist_rnn.images import read_digit, read_digits
+from mnist_rnn.inference import load_model
 from mnist_rnn.mnist_files import IDX_FILES, load_split, parse_idx, read_idx
+from mnist_rnn.model import LSTMClassifier
+from mnist_rnn.serve import FORM_OVERHEAD, create_app
+from tests.conftest import run_main
+from tests.test_inference import write_checkpoint
 
 # deadline None: the 2-core machine is shared, an example's time says nothing; database None:
 # nothing under .hypothesis/ (the inputs come from the seed, not from earlier failures).
@@ -340,7 +347,7 @@ def test_any_bytes_give_a_digit_or_a_one_line_predict_input_error(budget):
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_every_valid_image_gives_a_digit(budget):
-    @examples(budget, 80)
+    @examples(budget, 60)
     @given(image_file())
     def check(data):
         with no_warnings():
@@ -410,3 +417,199 @@ def test_damaged_tiff_metadata_is_one_refusal_without_a_warning():
     with no_warnings(), pytest.raises(PredictInputError) as refused:
         read_digit(b"II\x00*\x00\x00\x00\x01")
     assert one_line(refused.value) == "not an image Pillow can read"
+
+
+# ---------------------------------------------------------------------------------------------
+# serve's API
+# ---------------------------------------------------------------------------------------------
+
+LIMIT = 3000  # the fuzzed server's max_upload_bytes: small, so that bodies around and over it stay cheap
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    torch.manual_seed(0)
+    path = write_checkpoint(tmp_path_factory.mktemp("fuzz_serve") / "m.ckpt", LSTMClassifier(hidden_size=8))
+    # raise_server_exceptions: an exception the app does not turn into an answer fails the test.
+    with TestClient(create_app(load_model(path), max_upload_bytes=LIMIT), raise_server_exceptions=True) as client:
+        yield client
+
+
+CONTENT_TYPES = ["image/png", "application/octet-stream", "", "text/plain", "application/x-www-form-urlencoded", "application/json",
+                 "multipart/form-data", "multipart/form-data; boundary=", "multipart/mixed; boundary=b",
+                 'multipart/form-data; boundary="b"']
+SIZES_AROUND = [0, 1, LIMIT - 1, LIMIT, LIMIT + 1, LIMIT + FORM_OVERHEAD, LIMIT + FORM_OVERHEAD + 1]
+
+
+@st.composite
+def small_png(draw) -> bytes:
+    """A grey PNG of random pixels, up to 40x40 (at most 1.7 kB: below LIMIT)."""
+    width, height = draw(st.integers(1, 40)), draw(st.integers(1, 40))
+    pixels = draw(st.binary(min_size=width * height, max_size=width * height))
+    return encode("PNG", Image.frombytes("L", (width, height), pixels), 1, None)
+
+
+def payload() -> st.SearchStrategy[bytes]:
+    return st.one_of(st.binary(max_size=300), small_png(), small_png().flatmap(damaged),
+                     st.builds(lambda n, b: (b * (n // max(len(b), 1) + 1))[:n], st.sampled_from(SIZES_AROUND), small_png()))
+
+
+@st.composite
+def multipart(draw) -> tuple[bytes, str]:
+    """(body, content type): a form of random parts (file or not, named `file` or not, repeated), often broken."""
+    boundary = draw(st.sampled_from(["b0undary", "x" * 70, "-", "a b"]))
+    parts = []
+    for _ in range(draw(st.integers(0, 3))):
+        name = draw(st.sampled_from(["file", "file", "image", "", "f\"ile"]))
+        disposition = f'form-data; name="{name}"' if draw(st.integers(0, 5)) else draw(st.sampled_from(["form-data", "attachment", ""]))
+        if draw(st.booleans()):
+            filename = draw(st.sampled_from(["d.png", "", "ü.png", 'a"b']))
+            disposition += f'; filename="{filename}"'
+        headers = f"Content-Disposition: {disposition}\r\n"
+        if draw(st.booleans()):
+            part_type = draw(st.sampled_from(["image/png", "text/plain", ""]))
+            headers += f"Content-Type: {part_type}\r\n"
+        parts.append(f"--{boundary}\r\n{headers}\r\n".encode() + draw(payload()) + b"\r\n")
+    body = b"".join(parts) + draw(st.sampled_from([f"--{boundary}--\r\n".encode(), b"", f"--{boundary}".encode(), b"garbage"]))
+    declared = draw(st.sampled_from([f"multipart/form-data; boundary={boundary}", f'multipart/form-data; boundary="{boundary}"',
+                                     "multipart/form-data", "multipart/form-data; boundary=other"]))
+    return draw(damaged(body)) if draw(st.integers(0, 4)) == 0 else body, declared
+
+
+def request() -> st.SearchStrategy[tuple[bytes, str]]:
+    return st.one_of(st.tuples(payload(), st.sampled_from(CONTENT_TYPES)), multipart())
+
+
+def check_answer(response) -> None:
+    """200 with a digit's answer, or 4xx with one line saying why; never 500."""
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    if response.status_code == 200:
+        assert len(body["image28"]) == 28 and all(len(row) == 28 for row in body["image28"])
+        if not body["nothing_drawn"]:
+            assert 0 <= body["prediction"] <= 9 and sum(body["probabilities"]) == pytest.approx(1.0, abs=1e-5)  # float32 softmax
+        return
+    assert 400 <= response.status_code < 500, (response.status_code, body)
+    assert isinstance(body["detail"], str) and body["detail"] and "\n" not in body["detail"], body
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_any_predict_request_gets_an_answer_or_a_one_line_4xx(budget, client):
+    @examples(budget, 100)
+    @given(request())
+    def check(sent):
+        content, content_type = sent
+        headers = {"content-type": content_type} if content_type else {}
+        response = client.post("/predict", content=content, headers=headers)
+        seen.add(response.status_code)
+        check_answer(response)
+
+    seen = set()
+    check()
+    assert {200, 400, 413} <= seen, seen  # the inputs reached answers, refusals and the size limit
+
+
+# ---------------------------------------------------------------------------------------------
+# The sweep file, through `mnist-rnn sweep -c FILE --resume` in a fresh folder: a bad file is
+# refused, and a good one stops at "--resume: no sweep to continue" (a fresh folder holds none),
+# so no trial ever runs here.
+# ---------------------------------------------------------------------------------------------
+
+# Printable names only: a name with a newline or a NUL byte is a fault of sweep_file.py, kept in
+# test_a_sweep_name_with_a_newline_is_refused_in_one_line below (reported to its owner).
+PLAIN_TEXT = st.text(st.characters(blacklist_categories=("Cc", "Cs")), max_size=10)
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**4), st.integers(), st.floats(), PLAIN_TEXT)
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(PLAIN_TEXT, inner, max_size=3)),
+                      max_leaves=6)
+FIT_OPTIONS = ["model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct", "model.cell", "trainer.max_epochs", "ckpt_path",
+               "trainer.logger", "model.lrr", "seed_everything"]
+
+
+def maybe(strategy, key: str) -> st.SearchStrategy[dict]:
+    """{key: a value}: mostly from strategy, sometimes any value, sometimes absent."""
+    return st.one_of(st.just({}), st.builds(lambda v: {key: v}, st.one_of(strategy, strategy, VALUES)))
+
+
+def rule() -> st.SearchStrategy:
+    number = st.one_of(st.integers(-5, 300), st.floats(-1, 1), st.sampled_from([0, 1e-4, float("nan"), float("inf")]))
+    fields = [maybe(st.sampled_from(["float", "int", "categorical", "uniform"]), "type"), maybe(number, "low"), maybe(number, "high"),
+              maybe(st.one_of(number, st.none()), "step"), maybe(st.booleans(), "log"), maybe(st.lists(SCALARS, max_size=3), "choices")]
+    return st.one_of(VALUES, st.tuples(*fields).map(lambda parts: {k: v for part in parts for k, v in part.items()}))
+
+
+PRUNER_KEYS = st.sampled_from(["name", "n_startup_trials", "n_warmup_steps", "bogus"])
+
+
+def search() -> st.SearchStrategy[dict]:
+    fields = [maybe(st.dictionaries(st.sampled_from(FIT_OPTIONS), rule(), max_size=3), "params"), maybe(st.integers(-1, 3), "n_trials"),
+              maybe(st.sampled_from(["val/acc_best", "val/loss", "test/acc", "max"]), "metric"),
+              maybe(st.sampled_from(["maximize", "min", "up"]), "direction"), maybe(st.sampled_from(["tpe", "random", "grid"]), "sampler"),
+              maybe(st.one_of(st.integers(), st.booleans()), "sampler_seed"),
+              maybe(st.one_of(st.sampled_from(["median", "none", "hyperband"]), st.dictionaries(PRUNER_KEYS, SCALARS)), "pruner")]
+    return st.tuples(*fields).map(lambda parts: {k: v for part in parts for k, v in part.items()})
+
+
+def sweep_document(valid_at_load: bool) -> st.SearchStrategy:
+    """A sweep file's content: any key with a plausible or an arbitrary value (valid_at_load: only
+    what the file's own checks accept, so that what the fit parser checks is reached)."""
+    if valid_at_load:
+        overrides = st.dictionaries(st.sampled_from(["threads", "trainer", "model", "data", "bogus"]),
+                                    st.one_of(st.integers(1, 2), st.dictionaries(st.sampled_from(["max_epochs", "lr", "hidden_size"]),
+                                                                                 st.one_of(st.integers(0, 2), PLAIN_TEXT), max_size=1)),
+                                    max_size=2)
+        seed_lists = st.lists(st.integers(), min_size=1, max_size=3, unique=True)
+        seeds = st.builds(lambda s: {"seeds": s}, st.one_of(st.integers(1, 3), seed_lists))
+        searches = st.builds(lambda params, n: {"search": {"params": params, "n_trials": n}},
+                             st.dictionaries(st.sampled_from(FIT_OPTIONS), st.sampled_from([{"low": 1, "high": 3}, {"choices": [1, 64]},
+                                             {"low": 0.001, "high": 0.1, "log": True}]), min_size=1, max_size=2), st.integers(1, 3))
+        return st.builds(lambda base, o, rest: {"name": "fuzz", "base": base, "overrides": o, **rest},
+                         st.sampled_from(["tiny.yaml", "default.yaml"]), overrides, st.one_of(seeds, searches))
+    fields = [maybe(st.one_of(PLAIN_TEXT, st.sampled_from([".", "..", "a/b", "fuzz"])), "name"),
+              maybe(st.one_of(st.sampled_from(["tiny.yaml", "nope.yaml", "sweeps"]), st.lists(st.sampled_from(["tiny.yaml", "x"]))),
+                    "base"),
+              maybe(st.dictionaries(st.sampled_from(["threads", "trainer", "model"]), VALUES, max_size=2), "overrides"),
+              maybe(st.one_of(st.integers(-2, 10**4), st.lists(st.one_of(st.integers(), VALUES), max_size=3)), "seeds"),
+              maybe(search(), "search"), maybe(VALUES, "bogus")]
+    documents = st.tuples(*fields).map(lambda parts: {k: v for part in parts for k, v in part.items()})
+    return st.one_of(documents, documents, VALUES)
+
+
+def refused_in_one_line(tmp_path: Path, text: str) -> str:
+    """`mnist-rnn sweep -c FILE --resume` on this text: exit 2, one `mnist-rnn: error:` line, nothing written."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    status, out, err = run_main("sweep", "-c", str(path), "--resume", cwd=tmp_path)
+    lines = err.splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("mnist-rnn: error: ") and "Traceback" not in err, (status, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.yaml"]  # no run folder, no database
+    return lines[0]
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_any_sweep_file_is_refused_in_one_line_naming_it(budget, tmp_path):
+    @examples(budget, 60)
+    @given(st.one_of(sweep_document(valid_at_load=False).map(yaml.safe_dump), st.text(max_size=60)))
+    def check(text):
+        line = refused_in_one_line(tmp_path, text)
+        assert str(tmp_path / "sweep.yaml") in line or "--resume: no sweep to continue" in line, line
+
+    check()
+
+
+@pytest.mark.parametrize("budget", BUDGETS)
+def test_a_sweep_file_its_own_checks_accept_is_checked_against_fit_before_any_trial(budget, tmp_path):
+    @examples(budget, 3)  # each parses the fit config up to three times (1.5 s each here)
+    @given(sweep_document(valid_at_load=True))
+    def check(document):
+        line = refused_in_one_line(tmp_path, yaml.safe_dump(document))
+        stopped = f"no sweep to continue in runs/{document['name']}/; start it without --resume"
+        assert str(tmp_path / "sweep.yaml") in line or line.endswith(stopped), line
+
+    check()
+
+
+@pytest.mark.xfail(strict=True, reason="fault of sweep_file.load_spec (another worker's): a name is not checked for control characters")
+def test_a_sweep_name_with_a_newline_is_refused_in_one_line(tmp_path):
+    # Found by hand while writing the fuzzing: "a\nb" passes the name check, and the refusal
+    # "--resume: no sweep to continue in runs/a\nb/" takes two lines (a run would create that folder).
+    refused_in_one_line(tmp_path, 'name: "a\\nb"\nbase: tiny.yaml\nseeds: 2\n')
