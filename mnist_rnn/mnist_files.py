@@ -74,6 +74,8 @@ def read_idx(path: Path, kind: str, expected_md5: Optional[str] = None) -> torch
     except FileNotFoundError:
         raise DatasetError(f"{path}: file is missing") from None
     except (OSError, EOFError, zlib.error) as err:
+        if getattr(err, "errno", None) is not None:  # the file system's (a folder, no permission), not gzip's
+            raise DatasetError(f"{path}: cannot be read ({err.strerror}); give a readable file") from None
         raise DatasetError(
             f"{path}: cannot be decompressed ({err}); the file is truncated or corrupted, replace it"
         ) from None

@@ -613,3 +613,13 @@ def test_a_sweep_name_with_a_newline_is_refused_in_one_line(tmp_path):
     # Found by hand while writing the fuzzing: "a\nb" passes the name check, and the refusal
     # "--resume: no sweep to continue in runs/a\nb/" takes two lines (a run would create that folder).
     refused_in_one_line(tmp_path, 'name: "a\\nb"\nbase: tiny.yaml\nseeds: 2\n')
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"])
+def test_a_folder_where_an_idx_file_should_be_is_not_called_corrupted(tmp_path, name):
+    # Found while fuzzing read_idx by hand: a folder (or an unreadable file) was reported as "cannot be
+    # decompressed ...; the file is truncated or corrupted", even without .gz.
+    (tmp_path / name).mkdir()
+    with pytest.raises(DatasetError) as refused:
+        read_idx(tmp_path / name, "images")
+    assert one_line(refused.value) == f"{tmp_path / name}: cannot be read (Is a directory); give a readable file"
