@@ -256,8 +256,8 @@ def picture(draw) -> Image.Image:
         image = Image.frombytes(mode, (width, height), draw(st.binary(min_size=len(image.tobytes()), max_size=len(image.tobytes()))))
     else:
         x, y = draw(st.integers(0, width - 1)), draw(st.integers(0, height - 1))
-        ink = 255 if mode in ("I", "I;16", "I;16B", "F") else "white"
-        image.paste(Image.new(mode, (max(1, width // 5), max(1, height // 5)), ink), (x, y))
+        stroke = Image.new(mode, (max(1, width // 5), max(1, height // 5)))
+        image.paste(Image.frombytes(mode, stroke.size, b"\xff" * len(stroke.tobytes())), (x, y))  # all bits set, in any mode
     if mode in ("P", "PA"):
         image.putpalette(draw(st.binary(min_size=768, max_size=768)))
         if draw(st.booleans()):
