@@ -91,7 +91,7 @@ def idx_bytes(draw, dims: int) -> bytes:
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_parse_idx_gives_the_declared_tensor_or_a_one_line_value_error(budget):
-    @examples(budget, 150)
+    @examples(budget, 100)
     @given(dims=st.sampled_from([1, 3]), data=st.data())
     def check(dims, data):
         raw = data.draw(idx_bytes(dims))
@@ -347,7 +347,7 @@ def test_any_bytes_give_a_digit_or_a_one_line_predict_input_error(budget):
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_every_valid_image_gives_a_digit(budget):
-    @examples(budget, 60)
+    @examples(budget, 40)
     @given(image_file())
     def check(data):
         with no_warnings():
@@ -617,7 +617,7 @@ def test_any_sweep_file_is_refused_in_one_line_naming_it(budget, tmp_path):
 
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_a_sweep_file_its_own_checks_accept_is_checked_against_fit_before_any_trial(budget, tmp_path):
-    @examples(budget, 3)  # each parses the fit config up to three times (1.5 s each here)
+    @examples(budget, 2)  # each parses the fit config up to three times (1.5 s each here)
     @given(sweep_document(valid_at_load=True).filter(lambda document: not known_fault(document)))
     def check(document):
         line = refused_in_one_line(tmp_path, yaml.safe_dump(document))
