@@ -96,6 +96,8 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
 def to_mnist_digit(image: Image.Image) -> torch.Tensor:
     """One picture of a digit -> (28, 28) uint8, white ink on black, sized and centred like MNIST."""
     image = ImageOps.exif_transpose(image)  # phone photos store their rotation in EXIF
+    if image.mode == "LAB":  # a CIELab TIFF: Pillow converts LAB to no other mode, and L is its grey
+        image = image.getchannel("L")
     image = _flatten_alpha(image).convert("L")
     if max(image.size) > WORKING_SIDE:
         image.thumbnail((WORKING_SIDE, WORKING_SIDE), Image.Resampling.BOX)
@@ -147,6 +149,7 @@ def read_digit(source: Union[str, Path, bytes]) -> torch.Tensor:
         # Pillow warns above Image.MAX_IMAGE_PIXELS (about 89 million) and refuses above twice that;
         # both are refused here: decoding such a picture would take gigabytes for one digit.
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's notes on damaged metadata: the image is read or refused
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 # Animated GIFs and multi-page TIFFs open on their first frame, which is the one read.

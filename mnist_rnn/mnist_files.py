@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import zlib
 from pathlib import Path
 from typing import Optional
@@ -55,7 +56,7 @@ def parse_idx(raw: bytes, dims: int) -> torch.Tensor:
     if len(raw) < header:
         raise ValueError("header cut short")
     shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    expected = header + int(torch.Size(shape).numel())
+    expected = header + math.prod(shape)  # not torch.Size.numel(), which wraps around at 2**64
     if len(raw) != expected:
         raise ValueError(f"{len(raw)} bytes for shape {tuple(shape)}, expected {expected}")
     if expected == header:
@@ -73,6 +74,8 @@ def read_idx(path: Path, kind: str, expected_md5: Optional[str] = None) -> torch
     except FileNotFoundError:
         raise DatasetError(f"{path}: file is missing") from None
     except (OSError, EOFError, zlib.error) as err:
+        if getattr(err, "errno", None) is not None:  # the file system's (a folder, no permission), not gzip's
+            raise DatasetError(f"{path}: cannot be read ({err.strerror}); give a readable file") from None
         raise DatasetError(
             f"{path}: cannot be decompressed ({err}); the file is truncated or corrupted, replace it"
         ) from None
