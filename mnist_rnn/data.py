@@ -242,6 +242,8 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}"
             )
+        if mean != "auto" and not 0 <= mean <= 1:
+            raise ConfigError(f"data.mean must lie in [0, 1] (the pixels are scaled to [0, 1]) or be auto, got {mean}")
         if std != "auto" and not std > 0:
             raise ConfigError(f"data.std must be positive or auto, got {std}")
         if steps_per_execution < 1:

@@ -87,7 +87,7 @@ def load_spec(given: str) -> Spec:
 
     try:
         raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
         raise SweepError(f"{path}: cannot be read as YAML ({' '.join(str(err).split())})") from None
     need(isinstance(raw, dict), "must be a YAML mapping with base/overrides and seeds or search")
     known(need, raw, "")
