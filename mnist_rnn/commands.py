@@ -15,6 +15,7 @@ import importlib.util
 import os
 import signal
 import sys
+import threading
 from typing import NoReturn, Optional
 
 from mnist_rnn.errors import MissingExtraError, MnistRnnError, TrainingStopped
@@ -129,7 +130,8 @@ def stop_on_signal(signum: int, frame) -> NoReturn:
 def main(args: Optional[list[str]] = None) -> None:
     """The command; a signal or an error anywhere outside training ends in one line (SIGTERM too, not silently)."""
     defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
-    previous = {s: signal.signal(s, stop_on_signal) for s, d in defaults.items() if signal.getsignal(s) is d}
+    main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set handlers
+    previous = {s: signal.signal(s, stop_on_signal) for s, d in defaults.items() if main_thread and signal.getsignal(s) is d}
     try:
         run(args)
     finally:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mnist_rnn.errors import ConfigError, DatasetError
 from mnist_rnn.images import read_digits
-from mnist_rnn.mnist_files import load_split
+from mnist_rnn.mnist_files import find_idx_files, load_split
 
 # The dataset is in memory: worker processes would only copy it, so Lightning's advice to add
 # some does not apply.
@@ -252,6 +252,12 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir) if data_dir is not None else None
+        # Refused here, before the trainer makes a run folder: a folder without the files, or a
+        # validation split the embedded 60,000 training images cannot hold.
+        if self.data_dir is not None and not download:
+            find_idx_files(self.data_dir)
+        elif self.data_dir is None and not download and not 0 < val_size < 60_000:
+            raise ConfigError(f"data.val_size must lie in 1..59999, got {val_size}")
         self.datasets: dict[str, InMemoryDataset] = {}
         # (path, reason) of each predict_path file that could not be read, for the CLI to report.
         self.skipped: list[tuple[str, str]] = []

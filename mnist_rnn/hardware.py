@@ -124,16 +124,8 @@ def precision_runs(precision: Any, accelerator: Any, cell: str) -> bool:
     return not on_cpu(accelerator) or cpu_kernel_runs(cell, str(precision))
 
 
-TRAINED_IN = ("32-true", "32", "bf16-mixed", "bf16", "16-mixed", "16")  # the rest cast the weights, not the float32 inputs
-
-
 def check_precision(precision: Any, accelerator: Any, cell: str) -> None:
     """An explicit `--trainer.precision` this CPU cannot run is refused in one line, before any run starts."""
-    if str(precision) not in TRAINED_IN:
-        raise ConfigError(
-            f"--trainer.precision {precision} is not one this model runs in (it casts its weights but not its float32"
-            " inputs); pass 32-true, bf16-mixed or 16-mixed, or leave it out (null picks what this machine runs)"
-        )
     if precision_runs(precision, accelerator, cell):
         return
     raise ConfigError(
