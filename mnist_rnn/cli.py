@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mnist_rnn import bundled, checkpoints, resume, trainer_settings
-from mnist_rnn.data import MNISTDataModule
+from mnist_rnn.data import MNISTDataModule, check_source
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.hardware import (
     auto_precision,
@@ -165,6 +165,7 @@ class MnistRnnCLI(LightningCLI):
                 " step per batch); pass --trainer.gradient_clip_val null or --model.steps_per_execution 1"
             )
         trainer_settings.check(config.trainer, self.subcommand)
+        check_source(config.data.data_dir, config.data.download, config.data.val_size)
         check_devices(config.trainer.accelerator, config.trainer.devices, config.threads, config.trainer.strategy)
         MnistRnnCLI.batch_sizes = (config.data.batch_size, config.data.eval_batch_size)  # for cli_main's out-of-memory line
         if config.trainer.precision is None:

@@ -40,6 +40,15 @@ def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST
     return images.float().div_(255.0).sub_(mean).div_(std)
 
 
+def check_source(data_dir: Optional[str], download: bool, val_size: int) -> None:
+    """What can be refused before the trainer makes a run folder: a folder without the IDX files, or
+    a validation split the embedded 60,000 training images cannot hold."""
+    if data_dir is not None and not download:
+        find_idx_files(Path(data_dir))
+    elif data_dir is None and not download and not 0 < val_size < 60_000:
+        raise ConfigError(f"data.val_size must lie in 1..59999, got {val_size}")
+
+
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint (train, validation) indices covering range(n), drawn reproducibly from seed."""
     if not 0 < val_size < n:
@@ -252,12 +261,6 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir) if data_dir is not None else None
-        # Refused here, before the trainer makes a run folder: a folder without the files, or a
-        # validation split the embedded 60,000 training images cannot hold.
-        if self.data_dir is not None and not download:
-            find_idx_files(self.data_dir)
-        elif self.data_dir is None and not download and not 0 < val_size < 60_000:
-            raise ConfigError(f"data.val_size must lie in 1..59999, got {val_size}")
         self.datasets: dict[str, InMemoryDataset] = {}
         # (path, reason) of each predict_path file that could not be read, for the CLI to report.
         self.skipped: list[tuple[str, str]] = []

@@ -14,6 +14,11 @@ from mnist_rnn.errors import ConfigError
 SEED_MAX = 2**32 - 1  # Lightning's seed_everything hands the seed to numpy, which takes 0..2**32-1
 
 
+RULES = ("max_epochs", "max_steps", "limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches",
+         "val_check_interval", "check_val_every_n_epoch", "accumulate_grad_batches", "log_every_n_steps", "gradient_clip_val",
+         "num_sanity_val_steps", "num_nodes")  # fmt: skip
+
+
 def _whole(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
@@ -41,7 +46,7 @@ def check(trainer: Any, subcommand: str) -> None:
     """One line for the first setting out of range; `trainer` is the config's trainer namespace."""
     get = trainer.get
     fit = subcommand == "fit"  # only fit needs training batches
-    rules = {
+    rules = {  # the keys are RULES
         "max_epochs": (get("max_epochs") in (None, -1) or _whole(get("max_epochs"), 1), "at least 1, or -1 for no limit"),
         "max_steps": (get("max_steps") == -1 or _whole(get("max_steps"), 1), "at least 1, or -1 for no limit"),
         "limit_train_batches": (get("limit_train_batches") is None or _batches(get("limit_train_batches"), int(fit)),

@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from mnist_rnn import commands
+from mnist_rnn import commands, trainer_settings
+from mnist_rnn.errors import ConfigError
 from mnist_rnn.model import RecurrentClassifier
 from tests.conftest import REPO, TINY, cli_error, run_main, subprocess_env
 
@@ -211,13 +213,38 @@ KINDS = {
 }
 
 
-@pytest.mark.parametrize("prepare,args,words", KINDS.values(), ids=KINDS.keys())
+# The Trainer settings that trainer_settings.check's table refuses: one code path, so two run here
+# through the whole command and the rest under --slow; test_each_trainer_rule_refuses tries them all at once.
+RULES = [k for k, (_, args, words) in KINDS.items()
+         if args[3:4] and args[3].removeprefix("--trainer.") in trainer_settings.RULES and words.startswith(f"{args[3]} must")]
+THROUGH_THE_COMMAND = ("--trainer.max_epochs below 1", "--trainer.num_nodes below 1")
+
+
+@pytest.mark.parametrize("prepare,args,words", [
+    pytest.param(*v, id=k, marks=[pytest.mark.slow] if k in RULES and k not in THROUGH_THE_COMMAND else [])
+    for k, v in KINDS.items()
+])  # fmt: skip
 def test_a_kind_refused_before_training_is_one_line(tmp_path, monkeypatch, capsys, prepare, args, words):
     monkeypatch.chdir(tmp_path)
     if prepare:
         prepare(tmp_path)
     assert words in cli_error(capsys, *args)  # status 2, one `mnist-rnn:` line, no traceback
     assert not list(tmp_path.glob("runs/**/*.*"))  # no checkpoint, event file or config: nothing half-made
+
+
+TINY_TRAINER = {"max_epochs": 2, "max_steps": -1, "limit_train_batches": 20.0, "limit_val_batches": 2.0,
+                "limit_test_batches": 2.0, "limit_predict_batches": 2.0, "val_check_interval": None,
+                "check_val_every_n_epoch": 1, "accumulate_grad_batches": 1, "log_every_n_steps": 5, "num_nodes": 1}
+
+
+def test_each_trainer_rule_refuses_and_tinys_settings_pass():
+    trainer_settings.check(TINY_TRAINER, "fit")
+    assert len(RULES) >= 10, RULES  # 12 kinds of KINDS are settings of the rules' table
+    for kind in RULES:
+        _, args, words = KINDS[kind]
+        with pytest.raises(ConfigError) as refused:
+            trainer_settings.check({**TINY_TRAINER, args[3].removeprefix("--trainer."): yaml.safe_load(args[4])}, "fit")
+        assert words in str(refused.value), kind
 
 
 def _read_only(tmp_path: Path) -> Path:
@@ -248,6 +275,10 @@ def test_a_read_only_run_folder_and_export_folder(tmp_path, monkeypatch, capsys)
         subprocess.run(["umount", str(folder)], check=True)
 
 
+def _cpu_out_of_memory():
+    torch.empty(1 << 62, dtype=torch.uint8)  # the CPU allocator's real failure, at once: nothing is allocated
+
+
 def _cuda_out_of_memory():
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB")
 
@@ -255,10 +286,8 @@ def _cuda_out_of_memory():
 @pytest.mark.parametrize(
     "error",
     [
-        lambda: torch.empty(
-            1 << 62, dtype=torch.uint8
-        ),  # the CPU allocator's real failure, at once: nothing is allocated
-        _cuda_out_of_memory,
+        _cpu_out_of_memory,
+        pytest.param(_cuda_out_of_memory, marks=pytest.mark.slow),  # the same line, from torch's CUDA type
     ],
     ids=["cpu_allocator", "cuda"],
 )
@@ -302,7 +331,7 @@ def test_ctrl_c_outside_training_is_one_line_and_status_130(monkeypatch, tmp_pat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() gave the process its handlers back
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signal_during_start_up_is_one_line_and_leaves_nothing(tmp_path, signum):
     # SIGINT as a terminal sends it: a shell's background job (a test run with &) would ignore it
     restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
@@ -442,6 +471,7 @@ def test_every_kind_in_the_docs_has_a_test():
         )
 
 
+@pytest.mark.slow  # a whole fit: 6 s
 def test_a_bf16_true_fit_reaches_its_end(tmp_path, monkeypatch, capsys):
     # Found trying precisions: RecurrenceViews fed float32 digits to bf16 weights at the end of fit (a ValueError).
     status, out, err = run_main(*FIT, "--trainer.precision", "bf16-true", "--trainer.max_epochs", "1",
