@@ -302,10 +302,12 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
             args=bundled_configs(sys.argv[1:] if args is None else list(args)),
         )
     except MisconfigurationException as err:  # what trainer_settings does not check, in Lightning's own words
+        if os.environ.get("MNIST_RNN_DEBUG"):
+            raise
         raise ConfigError(f"Lightning refuses the settings: {' '.join(str(err).split())} (see mnist-rnn fit --help)") from None
     except RuntimeError as err:  # torch.OutOfMemoryError is one
         oom = out_of_memory(err, *MnistRnnCLI.batch_sizes) if MnistRnnCLI.batch_sizes else None
-        if oom is None:
+        if oom is None or os.environ.get("MNIST_RNN_DEBUG"):
             raise
         raise oom from None
     finally:
