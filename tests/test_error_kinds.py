@@ -13,7 +13,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -331,21 +330,34 @@ def test_ctrl_c_outside_training_is_one_line_and_status_130(monkeypatch, tmp_pat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() gave the process its handlers back
 
 
+# `mnist-rnn fit` held in its start-up (torch and Lightning imported, the config being read) until the
+# test's signal: a signal before training, at a point the test knows it has reached.
+HELD_IN_START_UP = """
+import sys, time
+from mnist_rnn import cli, commands
+
+def held(path):
+    print("starting", flush=True)
+    time.sleep(60)
+    return path
+
+cli.check_config = held
+commands.main(sys.argv[1:])
+"""
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_a_signal_during_start_up_is_one_line_and_leaves_nothing(tmp_path, signum):
     # SIGINT as a terminal sends it: a shell's background job (a test run with &) would ignore it
     restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
-    process = subprocess.Popen([sys.executable, "-m", "mnist_rnn", *FIT], cwd=tmp_path, env=subprocess_env(),
+    process = subprocess.Popen([sys.executable, "-c", HELD_IN_START_UP, *FIT], cwd=tmp_path, env=subprocess_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=restore)  # fmt: skip
-    time.sleep(1.5)  # inside the imports of torch and Lightning: 2.5-4 s on this 2-core AMD EPYC (2026-12-01)
+    assert process.stdout.readline() == "starting\n"
     os.kill(process.pid, signum)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, err
     name = signal.Signals(signum).name
-    assert (
-        err
-        == f"mnist-rnn: stopped by {name} outside training (what was already saved is kept); run the command again\n"
-    )
+    assert err == f"mnist-rnn: stopped by {name} outside training (what was already saved is kept); run the command again\n"
     assert not (tmp_path / "runs").exists()
 
 
