@@ -11,24 +11,29 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
 import torch
+import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from mnist_rnn import bundled, checkpoints, resume, runs, steps_per_execution
-from mnist_rnn.data import MNISTDataModule
+from mnist_rnn import bundled, checkpoints, resume, runs, steps_per_execution, trainer_settings
+from mnist_rnn.data import MNISTDataModule, check_source
+from mnist_rnn.errors import ConfigError
 from mnist_rnn.hardware import (
     auto_precision,
     auto_threads,
     check_devices,
     check_precision,
     evaluation_precision,
+    out_of_memory,
     skip_gpu_probe_without_gpu,
 )
 from mnist_rnn.model import RecurrentClassifier
@@ -56,8 +61,20 @@ class OneLineErrorParser(LightningArgumentParser):
             super().error(message, ex)  # raises (while jsonargparse tries alternatives), or the full report
         parser = getattr(ex, "subcommand_parser", None) or self
         prog = parser.prog.replace(" [options]", "")
-        print(f"mnist-rnn: error: {' '.join(message.split())} (options: {prog} --help)", file=sys.stderr)
+        print(f"mnist-rnn: error: {short_union_error(' '.join(message.split()))} (options: {prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+def short_union_error(message: str) -> str:
+    """jsonargparse's report of a value none of a setting's types takes, as the value and what it takes."""
+    match = re.fullmatch(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes'
+                         r" Subtypes: \[(.*?)\] Errors: .* Given value: (.*)", message)  # fmt: skip
+    if not match:
+        return message
+    key, subtypes, value = match.groups()
+    names = [{"NoneType": "null"}.get(name, name) for name in re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>", subtypes)]
+    literals = [v.strip(" '") for group in re.findall(r"Literal\[([^\]]*)\]", subtypes) for v in group.split(",")]
+    return f"--{key} {value} is not valid here: it takes {', '.join(dict.fromkeys(literals + names))}"
 
 
 class SaveFitConfig(SaveConfigCallback):
@@ -76,6 +93,7 @@ class SaveFitConfig(SaveConfigCallback):
 
 class MnistRnnCLI(LightningCLI):
     checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file's content, checked before anything runs
+    batch_sizes: tuple[int, int] = ()  # the running command's training and evaluation batch sizes
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -112,6 +130,10 @@ class MnistRnnCLI(LightningCLI):
         config = self.config[subcommand] if subcommand else None
         if not config:
             return
+        trainer_settings.check_seed(config.get("seed_everything"))  # LightningCLI seeds before before_instantiate_classes
+        if config.get("ckpt_path") == "":  # an unset shell variable: never the bundled model or a fresh run instead
+            raise ConfigError("--ckpt_path is empty; pass a checkpoint file (runs/<config>/version_<N>/checkpoints/*.ckpt),"
+                              " last, or leave it out")  # fmt: skip
         if subcommand == "fit":
             runs.name_run(config)
         bundled_model = subcommand != "fit" and not config.get("ckpt_path")
@@ -140,7 +162,10 @@ class MnistRnnCLI(LightningCLI):
         config = self.config[self.subcommand]
         if self.subcommand == "fit":
             steps_per_execution.check_settings(config.model.steps_per_execution, config.trainer.gradient_clip_val)
-        check_devices(config.trainer.accelerator, config.trainer.devices, config.threads)
+        trainer_settings.check(config.trainer, self.subcommand)
+        check_source(config.data.data_dir, config.data.download, config.data.val_size)
+        check_devices(config.trainer.accelerator, config.trainer.devices, config.threads, config.trainer.strategy)
+        MnistRnnCLI.batch_sizes = (config.data.batch_size, config.data.eval_batch_size)  # for cli_main's out-of-memory line
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)
         else:
@@ -210,7 +235,7 @@ def bundled_configs(args: list[str]) -> list[str]:
     so the configs work from an installed wheel as from a source checkout."""
     def resolve(value: str) -> str:
         if os.path.exists(value) or os.sep in value or "/" in value:
-            return value
+            return check_config(value)
         bundled = config_file(value if value.endswith((".yaml", ".yml")) else f"{value}.yaml")
         return bundled if os.path.isfile(bundled) else value
 
@@ -226,12 +251,35 @@ def bundled_configs(args: list[str]) -> list[str]:
     return resolved
 
 
+def check_config(path: str) -> str:
+    """A -c file that jsonargparse would report in a stack trace or a puzzle (empty, not text, not YAML, not a
+    mapping) is one line; a missing file or a folder it names well itself."""
+    if not os.path.isfile(path):
+        return path
+    try:
+        settings = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigError(f"-c {path} cannot be read ({err.strerror}); fix its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"-c {path} is not a text file (not UTF-8); pass a YAML config such as conf/tiny.yaml") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(f"-c {path} is not valid YAML ({where}{getattr(err, 'problem', None) or err});"
+                          " fix that line (conf/tiny.yaml shows the form)") from None  # fmt: skip
+    if not isinstance(settings, dict):
+        held = "nothing" if settings is None else f"a {type(settings).__name__}"
+        raise ConfigError(f"-c {path} holds {held}, not settings; a config is a YAML mapping like conf/tiny.yaml")
+    return path
+
+
 def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] = ()) -> MnistRnnCLI:
     """`callbacks`: added to the Trainer but not to the run's config.yaml (LightningCLI's trainer_defaults)."""
     # A deprecation inside Lightning itself, not in this project.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
     skip_gpu_probe_without_gpu()
+    MnistRnnCLI.batch_sizes = ()
     try:
         return MnistRnnCLI(
             RecurrentClassifier,
@@ -251,6 +299,15 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
             },
             args=bundled_configs(sys.argv[1:] if args is None else list(args)),
         )
+    except MisconfigurationException as err:  # what trainer_settings does not check, in Lightning's own words
+        if os.environ.get("MNIST_RNN_DEBUG"):
+            raise
+        raise ConfigError(f"Lightning refuses the settings: {' '.join(str(err).split())} (see mnist-rnn fit --help)") from None
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        oom = out_of_memory(err, *MnistRnnCLI.batch_sizes) if MnistRnnCLI.batch_sizes else None
+        if oom is None or os.environ.get("MNIST_RNN_DEBUG"):
+            raise
+        raise oom from None
     finally:
         # Lightning leaves a DDP process group open when the run ends; left to interpreter
         # shutdown, gloo's threads can abort the process ("terminate called without an active

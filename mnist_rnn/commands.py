@@ -15,6 +15,7 @@ import importlib.util
 import os
 import signal
 import sys
+import threading
 from typing import NoReturn, Optional
 
 from mnist_rnn.errors import MissingExtraError, MnistRnnError, TrainingStopped, disk_full, is_disk_full
@@ -118,8 +119,29 @@ def print_help() -> None:
     print("\n".join(lines))
 
 
+RECEIVED: list[str] = []  # the signals stop_on_signal saw, outside training (StopOnSignal has its own there)
+
+
+def stop_on_signal(signum: int, frame) -> NoReturn:
+    RECEIVED.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt(RECEIVED[-1])  # main() says so in one line
+
+
 def main(args: Optional[list[str]] = None) -> None:
+    """The command; a signal or an error anywhere outside training ends in one line (SIGTERM too, not silently)."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+    main_thread = threading.current_thread() is threading.main_thread()  # the only one that may set handlers
+    previous = {s: signal.signal(s, stop_on_signal) for s, d in defaults.items() if main_thread and signal.getsignal(s) is d}
+    try:
+        run(args)
+    finally:
+        for signum, handler in previous.items():  # an in-process caller (the tests) gets its handlers back
+            signal.signal(signum, handler)
+
+
+def run(args: Optional[list[str]]) -> None:
     argv = sys.argv[1:] if args is None else list(args)
+    RECEIVED.clear()
     try:
         if argv[:1] in ([], ["-h"], ["--help"]):
             print_help()
@@ -149,8 +171,28 @@ def main(args: Optional[list[str]] = None) -> None:
     except SystemExit as err:
         # Lightning's own SIGTERM handling, outside training (a SystemExit): it would otherwise exit
         # with status 0. Only a run that imported Lightning can raise it.
+        # Lightning also turns a KeyboardInterrupt inside trainer.fit but before training (a signal
+        # stop_on_signal raised) into exit status 1.
         exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
-        if exceptions is None or not isinstance(err, exceptions.SIGTERMException):
+        if exceptions is not None and isinstance(err, exceptions.SIGTERMException):
+            stopped("SIGTERM")
+        if err.code == 1 and RECEIVED:
+            stopped(RECEIVED[-1])
+        raise
+    except KeyboardInterrupt as err:  # outside training: there StopOnSignal saves a checkpoint and says so
+        if os.environ.get("MNIST_RNN_DEBUG"):
             raise
-        print("mnist-rnn: stopped by SIGTERM", file=sys.stderr)
-        raise SystemExit(128 + signal.SIGTERM) from None
+        stopped(str(err) if str(err) in ("SIGTERM", "SIGINT") else "SIGINT")
+    except Exception as err:  # the last net: every kind in docs/resume-and-errors.md has its own message
+        if os.environ.get("MNIST_RNN_DEBUG"):
+            raise
+        text = " ".join(str(err).split()) or "(no message)"
+        print(f"mnist-rnn: error: unexpected {type(err).__name__}: {text}; rerun with MNIST_RNN_DEBUG=1 for the stack"
+              " trace and report it", file=sys.stderr)  # fmt: skip
+        raise SystemExit(1) from None
+
+
+def stopped(name: str) -> NoReturn:
+    print(f"mnist-rnn: stopped by {name} outside training (what was already saved is kept); run the command again",
+          file=sys.stderr)  # fmt: skip
+    raise SystemExit(128 + signal.Signals[name]) from None

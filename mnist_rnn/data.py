@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mnist_rnn.errors import ConfigError, DatasetError
 from mnist_rnn.images import read_digits
-from mnist_rnn.mnist_files import load_split
+from mnist_rnn.mnist_files import find_idx_files, load_split
 from mnist_rnn.steps_per_execution import check_settings, group, lightning_steps
 
 # The dataset is in memory: worker processes would only copy it, so Lightning's advice to add
@@ -49,6 +49,15 @@ def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST
 def saved_normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
     """The mean and standard deviation a checkpoint's model was trained with (its data settings), else MNIST's."""
     return float(saved_data.get("mean", MNIST_MEAN)), float(saved_data.get("std", MNIST_STD))
+
+
+def check_source(data_dir: Optional[str], download: bool, val_size: int) -> None:
+    """What can be refused before the trainer makes a run folder: a folder without the IDX files, or
+    a validation split the embedded 60,000 training images cannot hold."""
+    if data_dir is not None and not download:
+        find_idx_files(Path(data_dir))
+    elif data_dir is None and not download and not 0 < val_size < 60_000:
+        raise ConfigError(f"data.val_size must lie in 1..59999, got {val_size}")
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +253,8 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(
                 f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}"
             )
+        if mean != "auto" and not 0 <= mean <= 1:
+            raise ConfigError(f"data.mean must lie in [0, 1] (the pixels are scaled to [0, 1]) or be auto, got {mean}")
         if std != "auto" and not std > 0:
             raise ConfigError(f"data.std must be positive or auto, got {std}")
         check_settings(steps_per_execution)

@@ -8,8 +8,10 @@ all of them make the same choice.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import platform
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -52,6 +54,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def out_of_memory(err: BaseException, batch_size: int, eval_batch_size: int) -> Optional[ConfigError]:
+    """torch's allocation failure (CPU or GPU) as one line naming the batch sizes; None for any other error."""
+    text = " ".join(str(err).split())
+    if not isinstance(err, torch.OutOfMemoryError) and not (isinstance(err, RuntimeError) and "can't allocate memory" in text):
+        return None
+    tried = re.search(r"[Tt]ried to allocate [^.;(]*", text)
+    return ConfigError(
+        f"out of memory ({tried.group(0).strip() if tried else text[:80]}) at --data.batch_size {batch_size}"
+        f" (evaluation: --data.eval_batch_size {eval_batch_size}); pass smaller ones, e.g. --data.batch_size"
+        f" {max(1, batch_size // 2)} --data.eval_batch_size {max(1, eval_batch_size // 2)}, or free memory"
+    )
 
 
 # Lightning's short names of the precisions whose CPU kernels can be missing.
@@ -185,10 +200,26 @@ def skip_gpu_probe_without_gpu() -> None:
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
 
 
-def check_devices(accelerator: Any, devices: Any, threads: Optional[int]) -> None:
+def check_devices(accelerator: Any, devices: Any, threads: Optional[int], strategy: Any = "auto") -> None:
     """Hardware a run asks for that this machine lacks is one line, before anything is built."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if isinstance(strategy, str) and strategy != "auto" and strategy not in StrategyRegistry.available_strategies():
+        raise ConfigError(f"--trainer.strategy {strategy} is not a strategy Lightning knows; pass auto, ddp or ddp_spawn")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}; or leave it out (null picks them from the batch size)")
+    name = str(accelerator)
+    if isinstance(accelerator, str) and name not in ("auto", "cpu", "gpu", "cuda", "mps", "tpu"):
+        raise ConfigError(f"--trainer.accelerator {name} is not an accelerator; pass cpu, gpu or auto")
+    lacks = {"mps": not torch.backends.mps.is_available(), "tpu": importlib.util.find_spec("torch_xla") is None}
+    if lacks.get(name):
+        raise ConfigError(f"--trainer.accelerator {name} asks for {'an Apple GPU' if name == 'mps' else 'a TPU (torch_xla)'},"
+                          " which this machine lacks; pass --trainer.accelerator cpu (or auto)")  # fmt: skip
+    text = str(devices).strip()
+    count = int(text) if text.lstrip("-").isdigit() else None  # "-1": every GPU; "0,1" and lists: those GPUs
+    if text != "auto" and not isinstance(devices, (list, tuple)) and not ("," in text and not on_cpu(accelerator)):
+        if count is None or count < 1 and (count != -1 or on_cpu(accelerator)):
+            raise ConfigError(f"--trainer.devices {devices} is not a number of devices; pass a count of at least 1, or auto")
     if str(accelerator) in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(

@@ -101,7 +101,8 @@ def find_idx_files(data_dir: Path) -> dict[tuple[str, str], Path]:
     """Locate the four IDX files in data_dir: flat, in raw/, or in torchvision's <NAME>/raw/ layout."""
     if not data_dir.is_dir():
         raise DatasetError(
-            f"--data.data_dir {data_dir} does not exist; point it at a folder of MNIST-format IDX files,"
+            f"--data.data_dir {data_dir} {'is a file' if data_dir.exists() else 'does not exist'};"
+            " point it at a folder of MNIST-format IDX files,"
             " add --data.download true to fetch MNIST there, or omit it to use the embedded MNIST"
         )
     folders = [data_dir, data_dir / "raw", *sorted(data_dir.glob("*/raw"))]

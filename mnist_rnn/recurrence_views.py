@@ -240,7 +240,8 @@ class RecurrenceViews(Callback):
         was_training = pl_module.training
         pl_module.eval()  # no dropout between layers: the state a prediction reads
         with torch.no_grad(), trainer.precision_plugin.forward_context():
-            features = torch.cat([pl_module.net.features(chunk) for chunk in images.split(500)])
+            chunks = [trainer.precision_plugin.convert_input(chunk) for chunk in images.split(500)]  # bf16-true: bf16 inputs
+            features = torch.cat([pl_module.net.features(chunk) for chunk in chunks])
         pl_module.train(was_training)
         experiment.add_embedding(
             features.float().cpu(), metadata=[int(k) for k in labels.cpu()], label_img=_unit_range(images)[:, None].cpu(),

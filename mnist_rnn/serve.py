@@ -49,8 +49,8 @@ NOTHING_DRAWN = "nothing drawn: the image holds no ink; draw a digit or upload a
 def run(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must lie in 0..65535, got {args.port}")
-    if not args.max_upload_mb > 0:
-        raise ConfigError(f"--max_upload_mb must be positive, got {args.max_upload_mb}")
+    if not 0 < args.max_upload_mb < float("inf"):
+        raise ConfigError(f"--max_upload_mb must be positive and finite, got {args.max_upload_mb}")
     loaded = load_model(bundled.resolve(args.ckpt_path))
     sock = listening_socket(args.host, args.port)
     torch.set_num_threads(1)  # per request; see the module's docstring

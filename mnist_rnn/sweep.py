@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import itertools
 import json
 import logging
@@ -30,8 +29,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from mnist_rnn import hardware, resume, runs
-from mnist_rnn.errors import MnistRnnError, OutputError, TrainingStopped
+from mnist_rnn import errors, hardware, resume, runs
+from mnist_rnn.errors import MnistRnnError, TrainingStopped
 from mnist_rnn.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner
 
 # A worker beats every 5 s while its trial runs; 6 missed beats in a row (30 s) mean it is gone.
@@ -60,13 +59,13 @@ def logged_to(log: Path):
 
 @contextlib.contextmanager
 def disk_full(path: Any):
-    """A full disk under the study's database or the results: one line naming the file and the fix."""
+    """A full disk under the study's database (SQLite's own error) or the results: one line naming the file and the fix."""
     try:
         yield
     except (OSError, sqlalchemy.exc.OperationalError) as err:
-        if getattr(err, "errno", None) != errno.ENOSPC and "database or disk is full" not in str(err):
+        if not errors.is_disk_full(err) and "database or disk is full" not in str(err):
             raise
-        raise OutputError(f"cannot write {path}: the disk is full; free space there, then resume the sweep (--resume)") from None
+        raise errors.disk_full(path, "the finished trials are kept; free space, then resume the sweep (--resume)") from None
 
 
 def write(path: Path, rows: Any) -> None:

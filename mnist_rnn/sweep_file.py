@@ -68,29 +68,38 @@ def find_config(name: str, near: Optional[Path] = None) -> Optional[Path]:
     return next((p for p in (Path(name), *([near / name] if near else []), Path(config_file(name))) if p.is_file()), None)
 
 
+GROUPS = {"trainer", "model", "data"}  # the fit config's sections that hold settings of their own
+MAX_SEEDS = 10_000
+
+
 def load_spec(given: str) -> Spec:
     path = find_config(given)
     need(path, f"sweep file {given} not found; pass a YAML file, e.g. -c conf/sweeps/seeds.yaml")
     with about(path):
         try:
             raw = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as err:
+        except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             raise SweepError(f"cannot be read as YAML ({err})") from None
         need(isinstance(raw, dict), "must be a YAML mapping with base/overrides and seeds or search")
         known(raw, "", KEYS[""])
         name = str(raw.get("name") or path.stem)
-        need("/" not in name and name not in (".", ".."), f"name {name!r} must be a plain folder name (it becomes runs/<name>/)")
+        # Letters, digits, . _ - only: a newline or a NUL would split the one-line messages or the folder's path.
+        need(re.fullmatch(r"[\w.-]+", name) and name not in (".", ".."),
+             f"name {name!r} must be a plain folder name of letters, digits, . _ - (it becomes runs/<name>/)")
         names = [raw["base"]] if isinstance(raw.get("base"), str) else raw.get("base") or []
+        need(isinstance(names, list), f"base must be a fit config's name or a list of them, got {raw.get('base')!r}")
         spec = Spec(path=path, name=name, base=[find_config(str(n), near=path.parent) for n in names],
                     overrides=raw.get("overrides") or {}, seeds=None, **SEARCH)
         for base_name, found in zip(names, spec.base):
             need(found, f"base config {base_name} does not exist; name a fit config such as default.yaml or conf/tiny.yaml")
-        need(isinstance(spec.overrides, dict), "overrides must be a mapping of fit settings, written as in a fit config")
+        need(isinstance(spec.overrides, dict) and all(isinstance(spec.overrides[k], dict) for k in GROUPS & set(spec.overrides)),
+             "overrides must be a mapping of fit settings, written as in a fit config (trainer, model and data are mappings)")
         seeds, search = raw.get("seeds"), raw.get("search")
         need(seeds is not None or search is not None, "give seeds: (a list, or a count) or search: (params and n_trials)")
         need(seeds is None or search is None, "give seeds: or search:, not both; search, then run the best settings over seeds")
         if search is None:
-            spec.seeds = list(range(1, seeds + 1)) if type(seeds) is int else seeds
+            # A count beyond MAX_SEEDS is a typo, not a sweep (each seed is a whole fit), and would fill memory as a list.
+            spec.seeds = list(range(1, seeds + 1)) if type(seeds) is int and seeds <= MAX_SEEDS else seeds
             need(isinstance(spec.seeds, list) and spec.seeds and all(type(s) is int for s in spec.seeds),
                  f"seeds must be a non-empty list of integers or a positive count, got {seeds!r}")
             need(len(set(spec.seeds)) == len(spec.seeds), f"seeds repeat a value: {spec.seeds}")
