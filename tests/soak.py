@@ -76,11 +76,13 @@ class Kill:
     kind: str
     step: int  # at or after this training step
     delay: float  # seconds after the phase is entered (anytime: after the attempt started)
+    signum: int = signal.SIGKILL  # another (SIGTERM) asks StopOnSignal to stop
 
     def __str__(self) -> str:
+        sent = "" if self.signum == signal.SIGKILL else f"{signal.Signals(self.signum).name} "
         if self.kind == "anytime":
-            return f"anytime, {self.delay:.3f} s after the start"
-        return f"{self.delay * 1000:.0f} ms into the first {self.kind} at or after step {self.step}"
+            return f"{sent}anytime, {self.delay:.3f} s after the start"
+        return f"{sent}{self.delay * 1000:.0f} ms into the first {self.kind} at or after step {self.step}"
 
 
 @dataclass
@@ -161,7 +163,7 @@ def fit_args(config_path: Path, markers: Path, kill: Optional[Kill], extra: tupl
     killer = ["--trainer.callbacks+=tests.interrupts.KillAt", f"--trainer.callbacks.folder={markers}"]
     if kill is not None and kill.kind != "anytime":
         killer += [f"--trainer.callbacks.phase={kill.kind}", f"--trainer.callbacks.step={kill.step}",
-                   f"--trainer.callbacks.delay={kill.delay}"]  # fmt: skip
+                   f"--trainer.callbacks.delay={kill.delay}", f"--trainer.callbacks.signum={int(kill.signum)}"]  # fmt: skip
     if group:
         killer.append("--trainer.callbacks.group=true")
     return ["fit", "-c", TINY, "-c", str(config_path), *extra, *killer]
@@ -196,14 +198,39 @@ def assert_same_state(got: Any, expected: Any, where: str) -> None:
 RESUMING = re.compile(r"^resuming runs/soak/version_(\d+) from (\S+) \(epoch \d+, after step (\d+)\)$", re.M)
 
 
+@dataclass
+class Reference:
+    """The uninterrupted run, and its pace for the timing of kills from outside."""
+
+    folder: Path  # its cwd: runs/soak/version_0/ inside
+    startup: float  # seconds from the start of the command to its first training step
+    per_step: float  # seconds a step, validations and checkpoints included
+
+
+def uninterrupted(
+    folder: Path, epochs: int = 3, batches: int = 40, extra: tuple[str, ...] = (), launcher: str = "fork", timeout: float = 300,
+) -> Reference:  # fmt: skip
+    """The soak's fit run once, never interrupted, in folder."""
+    folder.mkdir(parents=True)
+    config_path = folder / f"{NAME}.yaml"
+    config_path.write_text(config(epochs, batches))
+    markers = folder / "markers"
+    group = launcher == "subprocess"
+    run = Attempt(launcher, folder, fit_args(config_path, markers, None, extra, group), folder / "fit.log")
+    assert run.wait(timeout) == 0, run.text()[-3000:]
+    train_start, train_end = (float((markers / m).read_text()) for m in ("train_start", "train_end"))
+    return Reference(folder, train_start - run.started, (train_end - train_start) / (epochs * batches))
+
+
 def soak(
     tmp_path: Path, kills: int, seed: Optional[int] = None, epochs: int = 3, batches: int = 40,
     extra: tuple[str, ...] = (), launcher: str = "fork", timeout: float = 300, interval: str = "0:00:00.1",
-    plan: Optional[list[Kill]] = None,
+    plan: Optional[list[Kill]] = None, reference: Optional[Reference] = None,
 ) -> Report:  # fmt: skip
     """Run the soak (see the module's docstring); assertion errors name the seed and the kill.
 
-    plan: these kills instead of random ones (a regression test's chosen moment).
+    plan: these kills (None: a random one) instead of `kills` random ones. reference: the
+    uninterrupted run of the same epochs, batches, extra and launcher, if already run.
     """
     seed = int(os.environ.get("SOAK_SEED", seed if seed is not None else random.SystemRandom().randrange(10**6)))
     print(f"soak seed {seed} (replay with SOAK_SEED={seed})", flush=True)
@@ -214,15 +241,9 @@ def soak(
     config_path = tmp_path / f"{NAME}.yaml"
     config_path.write_text(config(epochs, batches, interval))
     total = epochs * batches
-
-    # The uninterrupted run, which also times start-up and training for the kills from outside.
-    reference, markers = tmp_path / "reference", tmp_path / "reference_markers"
-    reference.mkdir()
-    run = Attempt(launcher, reference, fit_args(config_path, markers, None, extra, group), tmp_path / "reference.log")
-    assert run.wait(timeout) == 0, run.text()[-3000:]
-    train_start, train_end = (float((markers / m).read_text()) for m in ("train_start", "train_end"))
-    per_step = (train_end - train_start) / total
-    startup = train_start - run.started
+    if reference is None:
+        reference = uninterrupted(tmp_path / "reference", epochs, batches, extra, launcher, timeout)
+    startup, per_step = reference.startup, reference.per_step
     print(f"soak seed {seed}: uninterrupted run: {startup:.1f} s to the first step, {per_step * 1000:.0f} ms a step", flush=True)
 
     work = tmp_path / "work"
@@ -238,8 +259,8 @@ def soak(
         elif i:
             report.restarts += 1
         kill = None
-        if plan is not None:
-            kill = plan[i] if i < len(plan) else None
+        if plan is not None and i < kills and plan[i] is not None:
+            kill = plan[i]
         elif i < kills:
             # Kill i aims at the i-th of `kills` equal shares of the steps (the last five aside, so that
             # even a late kill lands before the run ends).
@@ -247,7 +268,10 @@ def soak(
             kind = rng.choice(KINDS)
             step = rng.randrange(low, high)
             if kind == "anytime":
+                # At most half the time the rest of the run took uninterrupted, so that a faster
+                # attempt is still killed before it ends.
                 delay = rng.uniform(0, startup + max(step + 1 - done, 1) * per_step)
+                delay = min(delay, 0.5 * (startup + (total - done) * per_step))
             else:
                 delay = rng.uniform(0, {"train": 0.1, "validation": 0.3, "save": 0.05}[kind])
             kill = Kill(kind, step, delay)
@@ -264,20 +288,26 @@ def soak(
         text = attempt.text()
         resumed = RESUMING.search(text)  # a kill can come before it is printed
         if resume and (resumed or kill is None):
-            assert resumed and (resumed[2], int(resumed[3])) == (str(found[-1].relative_to(work)), done), f"{where}: resumed from elsewhere\n{text[-3000:]}"
+            at = (str(found[-1].relative_to(work)), done)
+            assert resumed and (resumed[2], int(resumed[3])) == at, f"{where}: resumed from elsewhere\n{text[-3000:]}"
         if kill is None:
             assert status == 0, f"{where}: exit status {status}\n{text[-3000:]}"
             break
-        assert status == -signal.SIGKILL, f"{where}: exit status {status}, not killed\n{text[-3000:]}"
+        if kill.signum == signal.SIGKILL:
+            assert status == -signal.SIGKILL, f"{where}: exit status {status}, not killed\n{text[-3000:]}"
+        else:
+            assert status == 128 + kill.signum and "mnist-rnn: stopped by" in text, f"{where}: exit status {status}\n{text[-3000:]}"
         staged = sorted(p.name for p in (work / "runs" / NAME).glob("version_*/checkpoints/.*.tmp"))
         report.torn_writes += bool(staged)
         found = checkpoints_of(work)
-        at = f"newest checkpoint {found[-1].relative_to(work)} at step {read_checkpoint(found[-1])['global_step']}" if found else "no checkpoint yet"
+        at = "no checkpoint yet"
+        if found:
+            at = f"newest checkpoint {found[-1].relative_to(work)} at step {read_checkpoint(found[-1])['global_step']}"
         report.kills.append(f"{kill} -> {at}{', staging file ' + ', '.join(staged) if staged else ''}")
         print(f"soak seed {seed}: kill {i + 1}/{kills}: {report.kills[-1]}", flush=True)
 
     # The same end: weights, optimizer, schedule and loop counters, bit for bit.
-    expected = read_checkpoint(reference / "runs" / NAME / "version_0" / "checkpoints" / "last.ckpt")
+    expected = read_checkpoint(reference.folder / "runs" / NAME / "version_0" / "checkpoints" / "last.ckpt")
     final_run = checkpoints_of(work)[-1].parent.parent
     got = read_checkpoint(final_run / "checkpoints" / "last.ckpt")
     for key in ("epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "loops"):
@@ -286,7 +316,7 @@ def soak(
     # The same curves: each scalar's points, in their order, are the uninterrupted run's with at most
     # some left out: nothing repeated, nothing going back, no other value. (Lightning itself logs
     # `epoch` twice at a step that also validates, in any run.)
-    want, have = scalars(reference / "runs" / NAME / "version_0"), scalars(final_run)
+    want, have = scalars(reference.folder / "runs" / NAME / "version_0"), scalars(final_run)
     assert sorted(have) == sorted(want), f"soak seed {seed}: tags {sorted(have)} != {sorted(want)}"
     for tag, points in want.items():
         lost, left = [], iter(points)
