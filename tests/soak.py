@@ -248,7 +248,7 @@ def soak(
 
     work = tmp_path / "work"
     work.mkdir()
-    resume: list[str] = []
+    left_behind: list[str] = []  # staging files a kill left (the next checkpoint write removes them)
     kills = len(plan) if plan is not None else kills
     for i in range(kills + 1):
         found = checkpoints_of(work)
@@ -298,7 +298,8 @@ def soak(
         else:
             assert status == 128 + kill.signum and "mnist-rnn: stopped by" in text, f"{where}: exit status {status}\n{text[-3000:]}"
         staged = sorted(p.name for p in (work / "runs" / NAME).glob("version_*/checkpoints/.*.tmp"))
-        report.torn_writes += bool(staged)
+        report.torn_writes += bool(set(staged) - set(left_behind))
+        left_behind = staged
         found = checkpoints_of(work)
         at = "no checkpoint yet"
         if found:
