@@ -17,7 +17,8 @@ checkpoint yet: a kill before the first one means starting again). At the end th
 must equal the uninterrupted run's (`torch.equal` on every weight and every optimizer tensor, the
 schedule and the loop counters), and every TensorBoard scalar's points must be the uninterrupted
 run's, in the same order, with at most some left out (none repeated, none going back, no other
-value); the points left out are reported.
+value): only those of a checkpoint's own step that a resume started after, never a validation's.
+The points left out are reported.
 
 Replay a failure with `SOAK_SEED=<the printed seed>`. Attempts run as `python -m mnist_rnn`
 subprocesses in a session of their own (`launcher="subprocess"`; a kill takes the whole group,
@@ -224,13 +225,12 @@ def uninterrupted(
 
 def soak(
     tmp_path: Path, kills: int, seed: Optional[int] = None, epochs: int = 3, batches: int = 40,
-    extra: tuple[str, ...] = (), launcher: str = "fork", timeout: float = 300, interval: str = "0:00:00.1",
-    plan: Optional[list[Kill]] = None, reference: Optional[Reference] = None,
+    extra: tuple[str, ...] = (), launcher: str = "fork", timeout: float = 300, interval: str = "0:00:00.1",  # a DDP attempt: ~70 s here
+    plan: Optional[list[Kill]] = None,
 ) -> Report:  # fmt: skip
     """Run the soak (see the module's docstring); assertion errors name the seed and the kill.
 
-    plan: these kills (None: a random one) instead of `kills` random ones. reference: the
-    uninterrupted run of the same epochs, batches, extra and launcher, if already run.
+    plan: these kills (None: a random one) instead of `kills` random ones.
     """
     seed = int(os.environ.get("SOAK_SEED", seed if seed is not None else random.SystemRandom().randrange(10**6)))
     print(f"soak seed {seed} (replay with SOAK_SEED={seed})", flush=True)
@@ -241,8 +241,7 @@ def soak(
     config_path = tmp_path / f"{NAME}.yaml"
     config_path.write_text(config(epochs, batches, interval))
     total = epochs * batches
-    if reference is None:
-        reference = uninterrupted(tmp_path / "reference", epochs, batches, extra, launcher, timeout)
+    reference = uninterrupted(tmp_path / "reference", epochs, batches, extra, launcher, timeout)
     startup, per_step = reference.startup, reference.per_step
     print(f"soak seed {seed}: uninterrupted run: {startup:.1f} s to the first step, {per_step * 1000:.0f} ms a step", flush=True)
 
@@ -273,6 +272,9 @@ def soak(
                 delay = rng.uniform(0, startup + max(step + 1 - done, 1) * per_step)
                 delay = min(delay, 0.5 * (startup + (total - done) * per_step))
             else:
+                # Up to about the phase's length here (2-core AMD EPYC, load 7, 2026-12-01): a step
+                # 50-120 ms; a validation of 2 x 500 images 0.2-0.4 s; a checkpoint write (torch.save,
+                # two fsyncs, the rename) 10-50 ms: 6 of the 11 save kills of a 20-kill run left a staging file.
                 delay = rng.uniform(0, {"train": 0.1, "validation": 0.3, "save": 0.05}[kind])
             kill = Kill(kind, step, delay)
         log = work / f"attempt{i}.log"
