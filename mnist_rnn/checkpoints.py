@@ -10,6 +10,7 @@ hold nothing outside torch's weights-only allow-list, so nothing is added to it.
 from __future__ import annotations
 
 import inspect
+import io
 import os
 import time
 import zipfile
@@ -22,7 +23,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
-from mnist_rnn.errors import CheckpointError, OutputError
+from mnist_rnn.errors import CheckpointError, OutputError, disk_full, is_disk_full
+from mnist_rnn.runs import resume_hint
 
 # Checkpoints written before the network moved into its own module (mnist-rnn 0.1.0 as of
 # 2026-11-30) name the weights rnn.*, head.* and permutation; they now live under net.
@@ -151,19 +153,25 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None) -> None:
         path = Path(path)
         staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        # Serialized first: torch.save writing to a file that fills up raises a RuntimeError from its zip
+        # writer (torch 2.14), not the OSError, and the size is what a full disk would need.
+        data = io.BytesIO()
+        torch.save(checkpoint, data)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # A kill during an earlier write may have left its staging file behind; a run folder has one writer.
             for stale in path.parent.glob(f".{path.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
             with staging.open("wb") as file:
-                torch.save(checkpoint, file)
+                file.write(data.getbuffer())
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(staging, path)
             _fsync_folder(path.parent)  # so the rename itself survives a power cut
         except OSError as err:
             staging.unlink(missing_ok=True)
+            if is_disk_full(err):
+                raise disk_full(path, resume_hint(path.parent), needed=data.tell()) from None
             raise OutputError(
                 f"cannot write checkpoint {path} ({err.strerror or err}); the previous checkpoint is intact."
                 " Free space or fix the folder's permissions, then resume with --ckpt_path last"

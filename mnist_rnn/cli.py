@@ -21,9 +21,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from mnist_rnn import bundled, checkpoints, resume
+from mnist_rnn import bundled, checkpoints, resume, runs, steps_per_execution
 from mnist_rnn.data import MNISTDataModule
-from mnist_rnn.errors import ConfigError
 from mnist_rnn.hardware import (
     auto_precision,
     auto_threads,
@@ -69,8 +68,10 @@ class SaveFitConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and not (Path(trainer.log_dir or "") / self.config_filename).is_file():
-            super().setup(trainer, pl_module, stage)
+        config = Path(trainer.log_dir or "") / self.config_filename
+        if stage == "fit" and not config.is_file():
+            with runs.reporting_full_disk(config, config.parent, fresh=True):  # a torn config.yaml is removed
+                super().setup(trainer, pl_module, stage)
 
 
 class MnistRnnCLI(LightningCLI):
@@ -112,14 +113,14 @@ class MnistRnnCLI(LightningCLI):
         if not config:
             return
         if subcommand == "fit":
-            resume.name_run(config)
+            runs.name_run(config)
         bundled_model = subcommand != "fit" and not config.get("ckpt_path")
         if bundled_model:  # evaluating nothing but random weights would be a silent wrong run
             config.ckpt_path = str(bundled.BUNDLED_CKPT)
         if not config.get("ckpt_path"):
             return  # fit from scratch
         found_by_last = config.ckpt_path == resume.LAST
-        path = resume.resolve(config.ckpt_path, resume.runs_folder(config))
+        path = resume.resolve(config.ckpt_path, runs.runs_folder(config))
         self.checkpoint = checkpoints.read_checkpoint(path)
         if bundled_model:
             print(bundled.announcement(self.checkpoint), file=sys.stderr, flush=True)
@@ -137,12 +138,8 @@ class MnistRnnCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        if self.subcommand == "fit" and config.model.steps_per_execution > 1 and config.trainer.gradient_clip_val:
-            raise ConfigError(
-                f"model.steps_per_execution {config.model.steps_per_execution} cannot be combined with"
-                f" trainer.gradient_clip_val {config.trainer.gradient_clip_val} (Lightning clips only under one"
-                " step per batch); pass --trainer.gradient_clip_val null or --model.steps_per_execution 1"
-            )
+        if self.subcommand == "fit":
+            steps_per_execution.check_settings(config.model.steps_per_execution, config.trainer.gradient_clip_val)
         check_devices(config.trainer.accelerator, config.trainer.devices, config.threads)
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)

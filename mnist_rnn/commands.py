@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import NoReturn, Optional
 
-from mnist_rnn.errors import MissingExtraError, MnistRnnError, TrainingStopped
+from mnist_rnn.errors import MissingExtraError, MnistRnnError, TrainingStopped, disk_full, is_disk_full
 
 LIGHTNING_COMMANDS = {
     "fit": "Train a model (conf/default.yaml unless -c FILE), with checkpoints and TensorBoard logs.",
@@ -140,6 +140,12 @@ def main(args: Optional[list[str]] = None) -> None:
         else:
             print(f"mnist-rnn: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
+    except OSError as err:  # a full disk in a write that no writer of this project could name (a download, say)
+        if not is_disk_full(err) or os.environ.get("MNIST_RNN_DEBUG"):
+            raise
+        then = "free space, then run the same command again"
+        print(f"mnist-rnn: error: {disk_full(err.filename, then) if err.filename else f'the disk is full; {then}'}", file=sys.stderr)
+        raise SystemExit(2) from None
     except SystemExit as err:
         # Lightning's own SIGTERM handling, outside training (a SystemExit): it would otherwise exit
         # with status 0. Only a run that imported Lightning can raise it.

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 from mnist_rnn.errors import ConfigError, DatasetError
 from mnist_rnn.images import read_digits
 from mnist_rnn.mnist_files import load_split
+from mnist_rnn.steps_per_execution import check_settings, group, lightning_steps
 
 # The dataset is in memory: worker processes would only copy it, so Lightning's advice to add
 # some does not apply.
@@ -36,8 +37,18 @@ MNIST_STD = 0.3081
 NO_LABEL = -1
 
 def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
-    """uint8 pixels in [0, 255] -> float32, standardized as during training."""
-    return images.float().div_(255.0).sub_(mean).div_(std)
+    """Pixels in [0, 255] (uint8 or float) -> float32, standardized as during training.
+
+    The one place the arithmetic is written: the data module, `predict`, `serve` and the exported
+    ONNX graph (inference.PixelsToLogits) all call it. One copy, then in place: the input is left
+    as it was, and all of MNIST needs one float copy only.
+    """
+    return images.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
+
+
+def saved_normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
+    """The mean and standard deviation a checkpoint's model was trained with (its data settings), else MNIST's."""
+    return float(saved_data.get("mean", MNIST_MEAN)), float(saved_data.get("std", MNIST_STD))
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,10 +171,10 @@ class ResumableLoader(DataLoader):
         return super().__len__()
 
     def __len__(self) -> int:
-        return -(-self.batches_per_epoch // self.steps_per_execution)
+        return lightning_steps(self.batches_per_epoch, self.steps_per_execution)
 
     def __iter__(self):
-        return self._batches()
+        return group(self._batches(), self.steps_per_execution)
 
     def _batches(self):
         # Everything happens at the first batch, after Lightning has set the sampler's epoch.
@@ -172,20 +183,11 @@ class ResumableLoader(DataLoader):
         pending, resume.pending = resume.pending, None
         skip = pending["served"] if pending is not None and pending.get("epoch") == epoch else 0
         resume.epoch, resume.served = epoch, 0
-        group: list = []
         for index, batch in enumerate(super().__iter__()):
             resume.served = index + 1  # read only between yields: then it counts what was handed out
             if index < skip:
                 continue
-            if self.steps_per_execution == 1:
-                yield batch
-                continue
-            group.append(batch)
-            if len(group) == self.steps_per_execution:
-                yield group
-                group = []
-        if group:
-            yield group
+            yield batch
 
 
 def shuffle_seed() -> int:
@@ -244,8 +246,7 @@ class MNISTDataModule(L.LightningDataModule):
             )
         if std != "auto" and not std > 0:
             raise ConfigError(f"data.std must be positive or auto, got {std}")
-        if steps_per_execution < 1:
-            raise ConfigError(f"steps_per_execution must be at least 1, got {steps_per_execution}")
+        check_settings(steps_per_execution)
         if not 0 <= max_shift <= 8:
             raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
         self.save_hyperparameters()

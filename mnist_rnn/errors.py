@@ -1,5 +1,12 @@
 """The exceptions the CLI turns into a short message instead of a stack trace."""
 
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+from typing import Optional, Union
+
 
 class MnistRnnError(Exception):
     """A problem the user can fix: the message names the culprit and the fix."""
@@ -60,3 +67,23 @@ class ExportError(MnistRnnError):
 
 class MissingExtraError(MnistRnnError):
     """A command beyond fit/validate/test/predict needs libraries of an extra that is not installed."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and err.errno == errno.ENOSPC
+
+
+def disk_full(path: Union[str, Path], then: str, needed: Optional[int] = None) -> OutputError:
+    """The one line for a write that failed for lack of space: the file, the space free (and needed), what next."""
+    folder = Path(path).parent
+    while not folder.is_dir() and folder != folder.parent:  # measured where the file would have been
+        folder = folder.parent
+    space = f"{_size(shutil.disk_usage(folder).free)} free" + (f", about {_size(needed)} needed" if needed else "")
+    return OutputError(f"cannot write {path}: the disk is full ({space}); {then}")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000

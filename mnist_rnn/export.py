@@ -31,7 +31,7 @@ import torch
 
 from mnist_rnn import bundled
 from mnist_rnn.commands import CHECK_IMAGES  # the option and its range come from the command line
-from mnist_rnn.errors import ConfigError, ExportError
+from mnist_rnn.errors import ConfigError, ExportError, MnistRnnError, disk_full, is_disk_full
 from mnist_rnn.inference import LoadedModel, PixelsToLogits, answer, load_model
 from mnist_rnn.mnist_files import load_split
 from mnist_rnn.network import IMAGE_SIDE
@@ -85,11 +85,21 @@ def write_checked(target: Path, export, what: str, runner, images, reference, ov
     """Export under a hidden name, check the file against PyTorch, and only then give it its name."""
     staged = staging_path(target)
     try:
-        export(staged)
+        try:
+            export(staged)
+        except OSError as err:  # named as the file asked for, not its hidden stand-in
+            staged.unlink(missing_ok=True)  # first, so that the space it took counts as free
+            raise cannot_write(target, err) from None
         check(what, runner(staged), images, reference)
         place(staged, target, overwrite)
     finally:
         staged.unlink(missing_ok=True)
+
+
+def cannot_write(target: Path, err: OSError) -> MnistRnnError:
+    if is_disk_full(err):
+        return disk_full(target, "nothing was written there; free space, then run the same command again")
+    return ExportError(f"cannot write {target} ({err.strerror or err}); choose another place")
 
 
 def check_target(target: Path, overwrite: bool) -> None:
@@ -120,7 +130,7 @@ def place(staged: Path, target: Path, overwrite: bool) -> None:
     except FileExistsError:
         raise ExportError(f"{target} appeared while exporting; pass --overwrite to replace it, or choose another file name") from None
     except OSError as err:
-        raise ExportError(f"cannot write {target} ({err.strerror or err}); choose another place") from None
+        raise cannot_write(target, err) from None
 
 
 def example_pixels(batch: int = 2) -> torch.Tensor:
@@ -141,25 +151,21 @@ def _dynamic_batch() -> dict:
 
 def export_onnx(loaded: LoadedModel, path: Path) -> None:
     module = PixelsToProbabilities(loaded).eval()
-    try:
-        with _quiet():
-            program = torch.onnx.export(
-                module, (example_pixels(),), input_names=["pixels"], output_names=["probabilities"],
-                dynamic_shapes=_dynamic_batch(), dynamo=True, verbose=False, report=False,
-            )
-            program.save(str(path))
-    except OSError as err:
-        raise ExportError(f"cannot write {path} ({err.strerror or err}); choose another place") from None
+    with _quiet():
+        program = torch.onnx.export(
+            module, (example_pixels(),), input_names=["pixels"], output_names=["probabilities"],
+            dynamic_shapes=_dynamic_batch(), dynamo=True, verbose=False, report=False,
+        )
+        program.save(str(path))
 
 
 def export_pt2(loaded: LoadedModel, path: Path) -> None:
     module = PixelsToProbabilities(loaded).eval()
-    try:
-        with _quiet():
-            program = torch.export.export(module, (example_pixels(),), dynamic_shapes=_dynamic_batch())
-            torch.export.save(program, str(path))
-    except OSError as err:
-        raise ExportError(f"cannot write {path} ({err.strerror or err}); choose another place") from None
+    with _quiet():
+        program = torch.export.export(module, (example_pixels(),), dynamic_shapes=_dynamic_batch())
+        archive = io.BytesIO()  # in memory first: torch's archive writer aborts the process on a full disk (torch 2.14)
+        torch.export.save(program, archive)
+    path.write_bytes(archive.getbuffer())
 
 
 def pytorch_probabilities(loaded: LoadedModel, images: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mnist_rnn import checkpoints
-from mnist_rnn.data import MNIST_MEAN, MNIST_STD, NO_LABEL, normalize
+from mnist_rnn.data import NO_LABEL, normalize, saved_normalization
 from mnist_rnn.images import read_digit
 from mnist_rnn.model import RecurrentClassifier
 from mnist_rnn.network import IMAGE_SIDE
@@ -64,14 +64,7 @@ class PixelsToLogits(nn.Module):
                 f"pixels must be (batch, {IMAGE_SIDE}, {IMAGE_SIDE}), got {tuple(pixels.shape)};"
                 " add the batch axis with pixels[None] for one image"
             )
-        # The same arithmetic as data.normalize, out of place.
-        images = (pixels.float() / 255.0 - self.mean) / self.std
-        return self.model(images).float()
-
-
-def normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
-    """The mean and standard deviation the model was trained with: the checkpoint's, else MNIST's."""
-    return float(saved_data.get("mean", MNIST_MEAN)), float(saved_data.get("std", MNIST_STD))
+        return self.model(normalize(pixels, self.mean, self.std)).float()
 
 
 def _number(value: Any) -> Optional[float]:
@@ -128,7 +121,7 @@ def load_model(path: Union[str, Path]) -> LoadedModel:
     checkpoints.check_fits(model, checkpoint, path)
     model.load_state_dict(checkpoint["state_dict"])
     model.eval()
-    mean, std = normalization(saved["data"])
+    mean, std = saved_normalization(saved["data"])
     loaded = LoadedModel(model, path, settings, mean, std, training_state(checkpoint), step_view(settings))
     # The first forward after loading weights rebuilds nn.LSTM's cached list of flat weights; done
     # here, once, so that every later forward only reads the model (see serve.py on concurrency).

@@ -8,14 +8,12 @@ images the same way and keeps the same permutation.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any, Literal
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -23,6 +21,7 @@ from mnist_rnn.checkpoints import upgraded_key
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
 from mnist_rnn.resume import check_schedule_length
+from mnist_rnn.steps_per_execution import StepsPerExecution
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
@@ -101,16 +100,14 @@ class RecurrentClassifier(L.LightningModule):
             raise ConfigError(f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}")
         if not 0.0 < warmup_pct < 1.0:
             raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
-        if steps_per_execution < 1:
-            raise ConfigError(f"model.steps_per_execution must be at least 1, got {steps_per_execution}")
         if optimizer not in OPTIMIZERS:
             raise ConfigError(f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
         if scheduler != "none" and scheduler not in SCHEDULERS:
             raise ConfigError(f"model.scheduler must be none, {' or '.join(SCHEDULERS)}, got {scheduler!r}")
+        self.steps_per_execution = StepsPerExecution(steps_per_execution)  # checks it
         self.save_hyperparameters()
         # Several optimizer steps per Lightning step need manual optimization (training_step steps).
-        self.automatic_optimization = steps_per_execution == 1
-        self._plain_steps = False  # decided at the start of training (on_train_start)
+        self.automatic_optimization = not self.steps_per_execution.several
 
         self.net = RecurrentNet(
             hidden_size=hidden_size,
@@ -174,52 +171,17 @@ class RecurrentClassifier(L.LightningModule):
         return loss
 
     def _several_steps(self, batches: list) -> torch.Tensor:
-        """steps_per_execution > 1: one optimizer step per batch of the list, as K = 1 would take them."""
-        if not isinstance(batches, list):
-            raise ConfigError(
-                f"model.steps_per_execution is {self.hparams.steps_per_execution} but the training data comes one"
-                " batch at a time; give the datamodule the same steps_per_execution"
-            )
-        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
-        max_steps = self.trainer.max_steps
-        losses, all_preds, all_labels = [], [], []
-        for batch in batches:
-            if 0 <= max_steps <= self.global_step:
-                break  # max_steps counts optimizer steps, so the last list may end early
-            loss, preds, labels = self.model_step(batch)
-            if self._plain_steps:
-                # What manual_backward and optimizer.step() come to here, without dispatching hooks
-                # that nothing overrides (about a sixth of a batch-10 step). The step is counted as
-                # Lightning's own wrapper counts it (private, lightning 2.6.6: the manual loop's
-                # progress callbacks; tests/test_steps_per_execution.py checks global_step).
-                optimizer.optimizer.zero_grad()
-                loss.backward()
-                optimizer._on_before_step()
-                optimizer.optimizer.step()
-                optimizer._on_after_step()
-            else:
-                optimizer.zero_grad()
-                self.manual_backward(loss)
-                optimizer.step()  # Lightning's wrapper: global_step counts this step
-            if scheduler is not None:
-                scheduler.step()
-            losses.append(loss.detach())
-            all_preds.append(preds)
-            all_labels.append(labels)
+        """steps_per_execution > 1: one optimizer step per batch of the list (steps_per_execution.py)."""
+        losses, preds, labels = self.steps_per_execution.train(self, batches)
         # Once per Lightning step, off the per-step path.
-        self.train_acc.update(torch.cat(all_preds), torch.cat(all_labels))
-        count_logger_steps(self.trainer, len(losses) - len(batches))  # steps counted but not taken (max_steps)
+        self.train_acc.update(preds, labels)
         if self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
             self.log("train/loss", losses[-1], on_step=True, on_epoch=False, prog_bar=True)
         # Non-finite if any step's loss was (StopOnNonFinite reads it).
-        return torch.stack(losses).mean()
+        return losses.mean()
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        # Before the Lightning step's first hook (on_train_batch_start, where LearningRateMonitor
-        # looks), so that every hook of the step sees the loggers' step after its last optimizer step.
-        trainer = self.attached_trainer()
-        if not self.automatic_optimization and trainer is not None and trainer.training and isinstance(batch, list):
-            count_logger_steps(trainer, len(batch) - 1)
+        self.steps_per_execution.before_batch(self.attached_trainer(), batch)
         return batch
 
     def on_train_epoch_end(self) -> None:
@@ -267,26 +229,11 @@ class RecurrentClassifier(L.LightningModule):
 
     def on_train_start(self) -> None:
         check_schedule_length(self.trainer, self.hparams.scheduler, self.optimizer_steps())
-        if not self.automatic_optimization:
-            validate_in_optimizer_steps(self.trainer, self.hparams.steps_per_execution, self.batches_per_epoch())
-        self._plain_steps = not self.automatic_optimization and per_step_hooks_do_nothing(self.trainer, self)
-
-    def batches_per_epoch(self) -> int:
-        """Training batches (optimizer steps) per epoch, after limit_train_batches."""
-        k = self.hparams.steps_per_execution
-        loader = self.trainer.train_dataloader
-        served = getattr(loader, "batches_per_epoch", None)
-        lightning_steps = self.trainer.num_training_batches
-        return lightning_steps if served is None else min(served, lightning_steps * k)
+        self.steps_per_execution.start(self.trainer, self)
 
     def optimizer_steps(self) -> float:
-        """The run's optimizer steps, as `trainer.estimated_stepping_batches` counts them for K = 1."""
-        lightning_steps = self.trainer.estimated_stepping_batches  # also sets up the training loader
-        trainer = self.trainer
-        if self.automatic_optimization or trainer.max_epochs == -1:
-            return lightning_steps
-        total = self.batches_per_epoch() * max(trainer.max_epochs, 1)
-        return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
+        """The run's optimizer steps (the schedule's length), whatever steps_per_execution is."""
+        return self.steps_per_execution.optimizer_steps(self.trainer)
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -323,64 +270,6 @@ SCHEDULERS = {
     ),
     "cosine": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total),
 }
-
-
-def count_logger_steps(trainer: L.Trainer, extra: int) -> None:
-    """Make the loggers' step (the x axis of every curve, and log_every_n_steps) count optimizer
-    steps when a Lightning step takes several: add the steps beyond one.
-
-    Private: lightning 2.6.6 counts `fit_loop.epoch_loop._batches_that_stepped` once per Lightning
-    step (after on_train_batch_end) and uses it for the step of every logged metric, the
-    LearningRateMonitor's and log_every_n_steps. With the extra steps added before the step's hooks
-    run, metrics logged at its end land on its last optimizer step, as with one step per batch (the
-    learning rate, read at the step's start, is the one of its first optimizer step).
-    tests/test_steps_per_execution.py fails if this changes.
-    """
-    trainer.fit_loop.epoch_loop._batches_that_stepped += extra
-
-
-# Lightning's hooks around each backward pass and optimizer step.
-PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
-
-
-def per_step_hooks_do_nothing(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """True when no callback and not the module overrides a per-step hook, and the precision adds
-    nothing to backward or step (no gradient scaler): a plain backward() and step() are then the same."""
-    if str(trainer.precision) not in ("32-true", "bf16-mixed"):
-        return False
-    overridden = [is_overridden(hook, callback, L.Callback) for callback in trainer.callbacks for hook in PER_STEP_HOOKS]
-    overridden += [is_overridden(hook, module, L.LightningModule) for hook in PER_STEP_HOOKS]
-    return not any(overridden)
-
-
-def validate_in_optimizer_steps(trainer: L.Trainer, k: int, batches_per_epoch: int) -> None:
-    """Check that K steps per Lightning step keep every count in optimizer steps, and make an
-    integer val_check_interval count them too.
-
-    Lightning counts val_check_interval in Lightning steps (trainer.val_check_batch, set by its fit
-    loop from val_check_interval before on_train_start, lightning 2.6.6; same guard test as above).
-    """
-    if trainer.world_size > 1:
-        # DDP reduces gradients once per forward of its wrapper, which is one per Lightning step.
-        raise ConfigError(
-            f"model.steps_per_execution {k} runs in one process only (this run has {trainer.world_size});"
-            " use --model.steps_per_execution 1 with several devices"
-        )
-    counts = {"trainer.log_every_n_steps": trainer.log_every_n_steps, "training batches per epoch": batches_per_epoch}
-    if isinstance(trainer.val_check_interval, int):
-        counts["trainer.val_check_interval"] = trainer.val_check_interval
-    wrong = {name: n for name, n in counts.items() if n % k}
-    if wrong:
-        common = math.gcd(*counts.values())
-        fits = [d for d in range(2, common + 1) if common % d == 0][:6]
-        advice = f"use one that divides them all ({', '.join(map(str, fits))})" if fits else "use 1"
-        raise ConfigError(
-            f"model.steps_per_execution {k} must divide "
-            + ", ".join(f"{name} ({n})" for name, n in counts.items())
-            + f"; {advice}"
-        )
-    if isinstance(trainer.val_check_interval, int):
-        trainer.val_check_batch = trainer.val_check_interval // k
 
 
 def _upgrade_legacy_keys(module, state_dict, prefix, *args) -> None:

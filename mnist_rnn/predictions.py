@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -11,7 +14,7 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mnist_rnn.data import NO_LABEL
-from mnist_rnn.errors import ConfigError, PredictOutputError, SkippedInputsError
+from mnist_rnn.errors import ConfigError, PredictOutputError, SkippedInputsError, disk_full, is_disk_full
 
 
 class PredictionCSVWriter(BasePredictionWriter):
@@ -32,6 +35,8 @@ class PredictionCSVWriter(BasePredictionWriter):
         self.output = output
         self.path: Optional[Path] = None
         self._file = None
+        self._staging: Optional[Path] = None
+        self._claimed: Optional[Path] = None  # the default file name this run took
         self._csv = None
         self._rows = 0
         self._correct = 0
@@ -43,10 +48,14 @@ class PredictionCSVWriter(BasePredictionWriter):
             return
         if trainer.world_size > 1:
             raise ConfigError("predict writes a single CSV: run it on one device (--trainer.devices 1)")
-        # Opened here, before predicting starts: a place that cannot be written fails at once.
+        # Opened here, before predicting starts: a place that cannot be written fails at once. The rows go
+        # to a hidden file next to it, which takes the CSV's name once whole.
         try:
-            self.path, self._file = self._open()
+            self.path = self._claim()
+            self._staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            self._file = self._staging.open("w", newline="")
         except OSError as err:
+            self._discard()
             where = self.output or "predictions/"
             raise PredictOutputError(
                 f"cannot write predictions to {where} ({err.strerror or err}); choose another file with"
@@ -55,20 +64,44 @@ class PredictionCSVWriter(BasePredictionWriter):
         self._csv = None
         self._rows = self._correct = 0
 
-    def _open(self):
+    def _claim(self) -> Path:
         if self.output is not None:
             path = Path(self.output).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
-            return path, path.open("w", newline="")
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            return path
         folder = Path("predictions")
         folder.mkdir(exist_ok=True)
         number = 0
         while True:
             path = folder / f"predictions_{number}.csv"
             try:
-                return path, path.open("x", newline="")  # "x": never replace an earlier file
+                path.open("x").close()  # "x": never replace an earlier file; the empty file holds the name
+                self._claimed = path
+                return path
             except FileExistsError:
                 number += 1
+
+    @contextlib.contextmanager
+    def _writing(self):
+        try:
+            yield
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            self._discard()
+            raise disk_full(self.path, "nothing was written there; free space (or choose another file with"
+                            " --predictions.output), then run the same command again") from None  # fmt: skip
+
+    def _discard(self) -> None:
+        """Remove what a failed predict wrote: the hidden file, and the empty one that held a new name."""
+        with contextlib.suppress(OSError):
+            self._close()
+        for path in (self._staging, self._claimed):
+            if path is not None:
+                path.unlink(missing_ok=True)
+        self._staging = self._claimed = None
 
     def write_on_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, prediction: Any,
@@ -79,38 +112,44 @@ class PredictionCSVWriter(BasePredictionWriter):
         probs = prediction["probs"].float().cpu()
         labels = prediction["labels"].cpu()
         names = trainer.predict_dataloaders.dataset.names
-        if self._csv is None:
-            # The first batch tells whether these images carry labels: the test set does, the user's do not.
-            self._labelled = bool((labels != NO_LABEL).all())
-            self._csv = csv.writer(self._file)
-            header = ["path", "prediction", "confidence", *(f"p{k}" for k in range(probs.shape[1]))]
-            self._csv.writerow(header + (["label"] if self._labelled else []))
         confidence, predicted = probs.max(dim=1)
-        for i, index in enumerate(batch_indices):
-            row = [names[index], int(predicted[i]), f"{float(confidence[i]):.4f}"]
-            row += [f"{p:.4f}" for p in probs[i].tolist()]
-            if self._labelled:
-                row.append(int(labels[i]))
-                self._correct += int(predicted[i] == labels[i])
-            self._csv.writerow(row)
+        with self._writing():
+            if self._csv is None:
+                # The first batch tells whether these images carry labels: the test set does, the user's do not.
+                self._labelled = bool((labels != NO_LABEL).all())
+                self._csv = csv.writer(self._file)
+                header = ["path", "prediction", "confidence", *(f"p{k}" for k in range(probs.shape[1]))]
+                self._csv.writerow(header + (["label"] if self._labelled else []))
+            for i, index in enumerate(batch_indices):
+                row = [names[index], int(predicted[i]), f"{float(confidence[i]):.4f}"]
+                row += [f"{p:.4f}" for p in probs[i].tolist()]
+                if self._labelled:
+                    row.append(int(labels[i]))
+                    self._correct += int(predicted[i] == labels[i])
+                self._csv.writerow(row)
         self._rows += len(batch_indices)
 
     def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()  # closed even when its last write fails
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._file is None:
             return
-        self._close()
+        with self._writing():
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._close()
+            os.replace(self._staging, self.path)
+        self._staging = self._claimed = None
         lines = [f"predictions for {self._rows} images: {self.path}"]
         if self._labelled and self._rows:
             lines.append(f"accuracy: {self._correct / self._rows:.4f} ({self._correct}/{self._rows})")
         print("\n".join(lines), flush=True)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._close()
+        self._discard()
 
 
 def report_skipped(datamodule) -> None:

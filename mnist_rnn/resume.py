@@ -2,14 +2,15 @@
 
 What a resume needs, in the order it happens:
 1. `resolve`: `last` means the newest checkpoint of the newest run of this config (Lightning's own
-   `last` only looks in the new run's empty folder, and then silently trains from scratch).
+   `last` only looks in the new run's empty folder, and then silently trains from scratch); the
+   run folders themselves are runs.py's.
 2. `check_resumable`: a weights-only checkpoint, or one past the run's length, is refused.
 3. `continue_run`: when the checkpoint is its run's newest, logging goes on in that run's folder
    (same version; TensorBoard's purge_step hides what an interrupted attempt logged after the
    checkpoint, so no step goes back). From an older checkpoint a new run folder opens instead,
    leaving the newer checkpoints alone.
 4. During the run: Lightning restores weights, optimizer, schedule, loop progress and (through
-   the StatefulDataLoader in data.py) the position in the epoch; `RandomState` adds the random
+   the data module's own state, data.ResumableLoader) the position in the epoch; `RandomState` adds the random
    generators; `check_schedule_length` refuses a schedule stretched to another length.
 5. After a stop: `resume_command` is the command to type.
 Checkpoints are written every epoch and every minute by the ModelCheckpoint entries of
@@ -31,6 +32,7 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics import Metric
 
 from mnist_rnn.errors import CheckpointError, ConfigError
+from mnist_rnn.runs import newest_checkpoint, newest_in, runs_folder, version_of
 
 LAST = "last"
 
@@ -38,59 +40,6 @@ LAST = "last"
 warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
 # A resumed run writes into its own, non-empty checkpoints folder; a new run always gets an empty one.
 warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
-
-
-def newest_in(folder: Path) -> Optional[Path]:
-    """The most recently written checkpoint in a folder, if any."""
-    files = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
-    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
-
-
-def version_of(folder: Path) -> Optional[int]:
-    """N for a run folder named version_<N>, else None."""
-    number = folder.name.removeprefix("version_")
-    return int(number) if folder.name.startswith("version_") and number.isdigit() else None
-
-
-def run_versions(runs: Path) -> list[Path]:
-    """The run folders runs/<config>/version_<N>/, newest (highest N) first."""
-    folders = [p for p in runs.glob("version_*") if p.is_dir() and version_of(p) is not None]
-    return sorted(folders, key=version_of, reverse=True)
-
-
-def newest_checkpoint(runs: Path) -> Optional[Path]:
-    """The newest checkpoint of the newest run of a config that has one.
-
-    A run killed before its first checkpoint has nothing to resume and is passed over.
-    """
-    for run in run_versions(runs):
-        found = newest_in(run / "checkpoints")
-        if found is not None:
-            return found
-    return None
-
-
-def runs_folder(config) -> Optional[Path]:
-    """runs/<config name>/ of the configured logger: where `--ckpt_path last` looks."""
-    logger = config.trainer.get("logger")
-    init_args = logger.get("init_args") if hasattr(logger, "get") else None
-    if not init_args or init_args.get("save_dir") is None or init_args.get("name") is None:
-        return None
-    return Path(init_args.save_dir) / init_args.name
-
-
-def name_run(config) -> None:
-    """A run is named after the config that made it, so `--ckpt_path last` finds that config's runs.
-
-    A logger name given in a config or a flag is kept; otherwise `-c FILE` names the run after the
-    last such file's stem (runs/<stem>/), and a plain `mnist-rnn fit` is runs/default/.
-    """
-    logger = config.trainer.get("logger")
-    init_args = logger.get("init_args") if hasattr(logger, "get") else None
-    if not init_args or "name" not in init_args or init_args.get("name") is not None:
-        return
-    files = [str(f) for f in (config.get("config") or [])]
-    init_args.name = Path(files[-1]).stem if files else "default"
 
 
 def saved_schedule(checkpoint: Path) -> dict[str, Any]:

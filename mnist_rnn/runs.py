@@ -1,18 +1,80 @@
-"""Run folders: runs/<config>/version_<N>/, one per `fit`, never shared by two of them."""
+"""Run folders: runs/<config>/version_<N>/, one per `fit`, never shared by two of them.
+
+What a run is named, where a config's runs are, and which checkpoint of them is the newest.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import glob
 import os
-from typing import Any, Optional
+import threading
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
 
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnist_rnn.errors import OutputError
+from mnist_rnn.errors import OutputError, disk_full, is_disk_full
+
+
+def newest_in(folder: Path) -> Optional[Path]:
+    """The most recently written checkpoint in a folder, if any."""
+    files = [p for p in folder.glob("*.ckpt") if p.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns, default=None)
+
+
+def version_of(folder: Path) -> Optional[int]:
+    """N for a run folder named version_<N>, else None."""
+    number = folder.name.removeprefix("version_")
+    return int(number) if folder.name.startswith("version_") and number.isdigit() else None
+
+
+def run_versions(runs: Path) -> list[Path]:
+    """The run folders runs/<config>/version_<N>/, newest (highest N) first."""
+    folders = [p for p in runs.glob("version_*") if p.is_dir() and version_of(p) is not None]
+    return sorted(folders, key=version_of, reverse=True)
+
+
+def newest_checkpoint(runs: Path) -> Optional[Path]:
+    """The newest checkpoint of the newest run of a config that has one.
+
+    A run killed before its first checkpoint has nothing to resume and is passed over.
+    """
+    for run in run_versions(runs):
+        found = newest_in(run / "checkpoints")
+        if found is not None:
+            return found
+    return None
+
+
+def runs_folder(config) -> Optional[Path]:
+    """runs/<config name>/ of the configured logger: where `--ckpt_path last` looks."""
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not init_args or init_args.get("save_dir") is None or init_args.get("name") is None:
+        return None
+    return Path(init_args.save_dir) / init_args.name
+
+
+def name_run(config) -> None:
+    """A run is named after the config that made it, so `--ckpt_path last` finds that config's runs.
+
+    A logger name given in a config or a flag is kept; otherwise `-c FILE` names the run after the
+    last such file's stem (runs/<stem>/), and a plain `mnist-rnn fit` is runs/default/.
+    """
+    logger = config.trainer.get("logger")
+    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    if not init_args or "name" not in init_args or init_args.get("name") is not None:
+        return
+    files = [str(f) for f in (config.get("config") or [])]
+    init_args.name = Path(files[-1]).stem if files else "default"
 
 
 class RunLogger(TensorBoardLogger):
-    """TensorBoardLogger that claims its version folder atomically and flushes at every checkpoint.
+    """TensorBoardLogger that claims its version folder atomically, flushes at every checkpoint, and
+    reports a full disk in one line naming the file.
 
     TensorBoardLogger picks the version after the highest one it sees on disk, so two runs
     started together both pick version_N and write their events, config and checkpoints into
@@ -38,6 +100,42 @@ class RunLogger(TensorBoardLogger):
             except OSError as err:
                 raise _unwritable(folder, err) from None
 
+    @property
+    def experiment(self) -> Any:
+        writer = super().experiment
+        if rank_zero_only.rank != 0:
+            return writer  # Lightning's stand-in, which writes nothing
+        _quiet_writer_thread()
+        return _GuardedWriter(writer, self)
+
+    def writing(self, target: Optional[str] = None, fresh: bool = False):
+        """A full disk inside: one line naming target (default: this run's events file)."""
+        return reporting_full_disk(target or self.events_file, self.log_dir, fresh)  # the file looked up only on a failure
+
+    def events_file(self) -> str:
+        mine = sorted(glob.glob(os.path.join(glob.escape(self.log_dir), f"events.out.tfevents.*.{os.getpid()}.*")))
+        return mine[-1] if mine else os.path.join(self.log_dir, "events.out.tfevents.*")
+
+    @rank_zero_only
+    def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
+        with self.writing():  # Lightning's writes past the SummaryWriter, to its file writer
+            super().log_hyperparams(*args, **kwargs)
+
+    @rank_zero_only
+    def save(self) -> None:
+        with self.writing(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE), fresh=True):
+            super().save()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        try:
+            with self.writing():
+                super().finalize(status)
+        except OutputError:
+            if status != "failed":
+                raise
+            # Lightning finalizes a run that failed while it handles the error; the first error is the one to report.
+
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback) -> None:
         # What was logged up to a checkpoint reaches the disk with it (SummaryWriter otherwise keeps
@@ -49,7 +147,12 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
-        super().log_metrics(metrics, step)
+        try:
+            super().log_metrics(metrics, step)
+        except ValueError as err:  # Lightning calls any error of add_scalar a value it cannot log
+            if isinstance(err.__cause__, OutputError):
+                raise err.__cause__ from None
+            raise
         if getattr(self, "_flush_next", False):
             self._flush_next = False
             self.experiment.flush()
@@ -60,3 +163,61 @@ def _unwritable(folder: str, err: OSError) -> OutputError:
         f"cannot create the run folder {folder} ({err.strerror or err}); choose a writable"
         " --trainer.logger.init_args.save_dir or fix the folder's permissions"
     )
+
+
+def resume_hint(checkpoints: Union[str, Path]) -> str:
+    """What to do once a fit stopped on a write it could not make: resume from its checkpoints, or start again."""
+    if any(Path(checkpoints).glob("*.ckpt")):
+        return f"the checkpoints in {checkpoints} are intact; free space, then run the same command with --ckpt_path last"
+    return "no checkpoint was written yet; free space, then run the same command again"
+
+
+@contextlib.contextmanager
+def reporting_full_disk(target: Union[str, Path, Callable[[], str]], run_dir: Union[str, Path], fresh: bool = False):
+    """A full disk inside: one line naming target, which is removed if fresh (written whole inside) and new,
+    so that no torn file keeps a final name."""
+    new = fresh and not os.path.exists(target)
+    try:
+        yield
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        target = target() if callable(target) else target
+        if new:
+            Path(target).unlink(missing_ok=True)
+        raise disk_full(target, resume_hint(Path(run_dir) / "checkpoints")) from None
+
+
+class _GuardedWriter:
+    """The run's SummaryWriter, each of its calls under RunLogger.writing."""
+
+    def __init__(self, writer: Any, logger: RunLogger) -> None:
+        self.writer, self.logger = writer, logger
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.writer, name)
+        if not callable(attr):
+            return attr
+        target = self.logger.log_dir if name == "add_embedding" else None  # the projector's files, beside the events
+
+        @functools.wraps(attr)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with self.logger.writing(target):
+                return attr(*args, **kwargs)
+
+        return guarded
+
+
+def _quiet_writer_thread() -> None:
+    """TensorBoard writes events in a thread of its own, which dies on a full disk printing its trace; its writer
+    raises the same error in the run's own thread at the next call, where RunLogger reports it in one line."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_on_full_disk", False):
+        return
+
+    def hook(args: Any) -> None:
+        if not (is_disk_full(args.exc_value) and type(args.thread).__module__.startswith("tensorboard.")):
+            previous(args)
+
+    hook.quiet_on_full_disk = True
+    threading.excepthook = hook

@@ -21,7 +21,7 @@ from lightning.pytorch.callbacks import Callback
 
 from mnist_rnn.checkpoints import validates_after
 from mnist_rnn.errors import TrainingDiverged, TrainingStopped
-from mnist_rnn.resume import newest_in
+from mnist_rnn.runs import newest_in
 
 
 def checkpoint_folder(trainer: L.Trainer) -> Path:

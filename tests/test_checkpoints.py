@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, loading that never runs code, damaged files refused, and `--ckpt_path last`."""
 
 import errno
+import io
 import os
 import re
 import shutil
@@ -17,7 +18,7 @@ from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from mnist_rnn.checkpoints import SafeCheckpointIO, read_checkpoint
 from mnist_rnn.errors import CheckpointError, OutputError
-from mnist_rnn.resume import newest_checkpoint
+from mnist_rnn.runs import newest_checkpoint
 from tests.conftest import TINY, cli_error
 
 
@@ -59,17 +60,22 @@ def test_a_full_disk_during_a_checkpoint_write_leaves_the_previous_one_and_says_
     target = tmp_path / "last.ckpt"
     SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 1}, target)
 
-    def disk_full(obj, file):
-        file.write(b"PK\x03\x04 half a checkpoint")
+    def disk_full(fd):  # the file system reports the lack of space when the data reaches the disk
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(torch, "save", disk_full)
+    newer = {"state_dict": {"w": torch.ones(300)}, "global_step": 2}
+    size = io.BytesIO()
+    torch.save(newer, size)
+    needed = f"{size.tell() / 1000:.1f} kB"  # torch.save's archive of 300 floats: a few kB
+    monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OutputError) as refused:
-        SafeCheckpointIO().save_checkpoint({"state_dict": {}, "global_step": 2}, target)
-    assert str(refused.value) == (
-        f"cannot write checkpoint {target} (No space left on device); the previous checkpoint is intact."
-        " Free space or fix the folder's permissions, then resume with --ckpt_path last"
-    )
+        SafeCheckpointIO().save_checkpoint(newer, target)
+    assert re.fullmatch(
+        rf"cannot write {re.escape(str(target))}: the disk is full \(\S+ \w+ free, about {needed} needed\);"
+        rf" the checkpoints in {re.escape(str(tmp_path))} are intact; free space, then run the same command with"
+        r" --ckpt_path last",
+        str(refused.value),
+    ), refused.value
     assert read_checkpoint(target)["global_step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
 

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnist_rnn.checkpoints import read_checkpoint
 from mnist_rnn.commands import main
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.model import validate_in_optimizer_steps
+from mnist_rnn.steps_per_execution import validate_in_optimizer_steps
 from tests.conftest import TINY, cli_error
 
 # fp32, batch 20 (2,750 batches an epoch, which 10 divides), a one-cycle schedule, two layers with
