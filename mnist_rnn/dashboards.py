@@ -64,8 +64,15 @@ class TensorBoardDashboards(Callback):
         # which global_step already counts. The pictures and the HPARAMS entry line up with them.
         return max(trainer.global_step - 1, 0)
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._hparams_logged = False
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._hparams_logged = False  # before a resumed run's checkpoint says otherwise (load_state_dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Once per run, not per process: a run resumed after its first validation has its entry.
+        return {"hparams_logged": self._hparams_logged}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._hparams_logged = bool(state_dict.get("hparams_logged", False))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # HPARAMS, once per run, at its first validation: the model's and the data's settings as

@@ -29,6 +29,7 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
+from torchmetrics import Metric
 
 from mnist_rnn.errors import CheckpointError, ConfigError
 from mnist_rnn.runs import newest_checkpoint, newest_in, runs_folder, version_of
@@ -166,6 +167,8 @@ class RandomState(Callback):
     has its own generators (each its own GPU's, say): every rank's are saved, and each rank gets
     its own back. NumPy's generator is left out: nothing in training draws from it. (The order of
     the training images does not come from these generators either: see `mnist_rnn.data.EpochShuffle`.)
+    Under DDP it also keeps each rank's own sums of the metrics a checkpoint carries (the training
+    accuracy of the part of an epoch done), of which the model's state_dict holds rank 0's only.
     """
 
     def __init__(self) -> None:
@@ -187,6 +190,13 @@ class RandomState(Callback):
         rank, world = self._ranks()
         if world == 1:
             return state
+        # The metric sums a checkpoint keeps (train_acc over the part of an epoch done) are each
+        # rank's own; the model's state_dict in the checkpoint holds rank 0's only.
+        module = self._trainer.lightning_module
+        state["metrics"] = {
+            name: {key: value.cpu() for key, value in metric.state_dict().items()}
+            for name, metric in module.named_modules() if isinstance(metric, Metric) and metric.state_dict()
+        }  # fmt: skip
         # Every rank writes a checkpoint's state (rank 0 then saves it): gather them all there.
         states: list[Any] = [None] * world
         torch.distributed.all_gather_object(states, state)
@@ -198,6 +208,10 @@ class RandomState(Callback):
         if ranks is not None:
             # Another number of processes than the run was saved with: rank 0's state is the best guess.
             state_dict = ranks[rank] if len(ranks) == world else ranks[0]
+            if len(ranks) == world:
+                module = self._trainer.lightning_module
+                for name, metric in state_dict.get("metrics", {}).items():
+                    module.get_submodule(name).load_state_dict({k: v.to(module.device) for k, v in metric.items()})
         torch.set_rng_state(state_dict["torch"])
         random.setstate(state_dict["python"])
         cuda = state_dict.get("cuda")

@@ -1,8 +1,9 @@
 """Stopping a run without losing finished work or saving a broken state: two callbacks.
 
-- `StopOnSignal`: Ctrl-C (SIGINT) or SIGTERM lets the current batch finish, saves last.ckpt there
-  and stops with `TrainingStopped`, whose message the CLI completes with the command that resumes;
-  under DDP every rank stops after the same step.
+- `StopOnSignal`: Ctrl-C (SIGINT) or SIGTERM lets the current batch finish (and, when a validation
+  is due after it, that validation and one more batch), saves last.ckpt there and stops with
+  `TrainingStopped`, whose message the CLI completes with the command that resumes; under DDP
+  every rank stops after the same step.
 - `StopOnNonFinite`: a loss or weights that are no longer finite stop training with
   `TrainingDiverged` before any checkpoint of that state is written.
 """
@@ -18,6 +19,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from mnist_rnn.checkpoints import validates_after
 from mnist_rnn.errors import TrainingDiverged, TrainingStopped
 from mnist_rnn.runs import newest_in
 
@@ -68,7 +70,9 @@ class StopOnSignal(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         signum = trainer.strategy.broadcast(self._signum, src=0) if trainer.world_size > 1 else self._signum
-        if signum is None:
+        if signum is None or validates_after(trainer, batch_idx):
+            # A run resumed from a checkpoint of a batch that Lightning validates after would skip
+            # that validation (lightning 2.6.6): the stop waits for it, and comes after the next batch.
             return
         path = checkpoint_folder(trainer) / self.filename
         trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank 0 writes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -60,3 +61,63 @@ class PoisonWeights(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.parameters()).view(-1)[0] = float("inf")
+
+
+class KillAt(L.Callback):
+    """SIGKILLs (or sends `signum` to) this run `delay` seconds after it first enters a phase at or after a training step.
+
+    phase: "train" (a training batch starts), "validation" (a validation starts; the sanity check
+    aside) or "save" (a checkpoint is being assembled; the write follows at once), at global_step
+    >= step. The kill comes from a timer thread, as `kill -9` from outside would, so that it lands
+    a chosen few milliseconds into the phase (at the latest as fit ends). group: kill the whole process group (every DDP rank;
+    the soak starts each run in a session of its own). Only rank 0 arms the kill. Also records, in
+    `folder`, the wall time of the start of training (for the soak's timing of kills from outside).
+    """
+
+    PHASES = ("train", "validation", "save", "never")
+
+    def __init__(
+        self, folder: str, phase: str = "never", step: int = 0, delay: float = 0.0, group: bool = False,
+        signum: int = int(signal.SIGKILL),
+    ) -> None:  # fmt: skip
+        if phase not in self.PHASES:
+            raise ValueError(f"phase must be one of {self.PHASES}, got {phase!r}")
+        self.folder = Path(folder)
+        self.phase, self.step, self.delay, self.group, self.signum = phase, step, delay, group, signum
+        self._armed = False
+
+    def _enter(self, trainer, phase: str) -> None:
+        if self._armed or phase != self.phase or trainer.global_step < self.step or trainer.global_rank != 0:
+            return
+        self._armed = True
+        self._killer = threading.Thread(target=self._kill, daemon=True)
+        self._killer.start()
+
+    def _kill(self) -> None:
+        time.sleep(self.delay)
+        if self.group and self.signum == signal.SIGKILL:
+            os.killpg(os.getpgrp(), signal.SIGKILL)
+        os.kill(os.getpid(), self.signum)  # another signal goes to the launching process only, as `kill` does
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / "train_start").write_text(repr(time.time()))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            (self.folder / "train_end").write_text(repr(time.time()))
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        if self._armed:
+            self._killer.join()  # an armed kill lands, at the latest here, as fit ends
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._enter(trainer, "train")
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._enter(trainer, "validation")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._enter(trainer, "save")
