@@ -82,6 +82,13 @@ class RunLogger(TensorBoardLogger):
     makes the pick and the claim one step: the second run moves on to version_N+1.
     """
 
+    def __init__(self, *args: Any, purge_step: Optional[int] = None, **kwargs: Any) -> None:
+        super().__init__(*args, purge_step=purge_step, **kwargs)
+        # Set by resume.continue_run to the checkpoint's step. Resumed from a checkpoint written at an
+        # epoch's end, Lightning runs that epoch's end hooks again and logs below it (train/acc, found
+        # by the kill soak): those points are in the run already, unless a kill came first.
+        self.resumed_at = purge_step
+
     def _get_next_version(self) -> int:
         if rank_zero_only.rank != 0:
             return super()._get_next_version()  # other processes of one run take rank 0's folder, not one of their own
@@ -147,6 +154,8 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        if self.resumed_at is not None and step is not None and step < self.resumed_at:
+            return  # never a repeated point, nor one going back (see __init__)
         try:
             super().log_metrics(metrics, step)
         except ValueError as err:  # Lightning calls any error of add_scalar a value it cannot log

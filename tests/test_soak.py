@@ -25,6 +25,13 @@ def test_a_fit_killed_and_stopped_at_chosen_and_random_moments_ends_as_the_unint
     assert report.resumed_from[:2] == [14, 31], report.kills
 
 
+def test_a_fit_killed_just_after_an_epochs_end_logs_that_end_once(tmp_path):
+    # Found by the 20-kill soak (seed 71575): resumed from the checkpoint at an epoch's end, Lightning
+    # runs that epoch's end again and logged train/acc at its last step a second time.
+    report = soak(tmp_path, kills=1, epochs=2, batches=20, interval="0:00:00", plan=[Kill("train", 20, 0.0)])
+    assert report.resumed_from == [20], report.kills  # the checkpoint at epoch 0's end
+
+
 @pytest.mark.slow
 def test_a_fit_killed_twenty_times_at_random_ends_as_the_uninterrupted_one(tmp_path):
     report = soak(tmp_path, kills=20, epochs=6, batches=50)  # 300 steps
