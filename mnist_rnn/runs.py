@@ -112,8 +112,11 @@ class RunLogger(TensorBoardLogger):
         writer = super().experiment
         if rank_zero_only.rank != 0:
             return writer  # Lightning's stand-in, which writes nothing
-        _quiet_writer_thread()
-        return _GuardedWriter(writer, self)
+        guarded = getattr(self, "_guarded", None)
+        if guarded is None or guarded.writer is not writer:  # made once per writer: every scalar comes through here
+            _quiet_writer_thread()
+            guarded = self._guarded = _GuardedWriter(writer, self)
+        return guarded
 
     def writing(self, target: Optional[str] = None, fresh: bool = False):
         """A full disk inside: one line naming target (default: this run's events file)."""
