@@ -60,6 +60,10 @@ def parse_idx(raw: bytes, dims: int) -> torch.Tensor:
     if len(raw) != expected:
         raise ValueError(f"{len(raw)} bytes for shape {tuple(shape)}, expected {expected}")
     if expected == header:
+        # An empty tensor still has strides, the products of the dimensions after each: torch
+        # cannot index one whose strides pass 2**63 (a header of 0 x 2**32-1 x 2**32-1).
+        if math.prod(max(size, 1) for size in shape) >= 2**63:
+            raise ValueError(f"shape {tuple(shape)} is too large to index")
         return torch.zeros(shape, dtype=torch.uint8)  # frombuffer refuses an empty buffer
     # A bytearray: a writable buffer that the tensor then owns.
     return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)

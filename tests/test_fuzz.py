@@ -109,6 +109,17 @@ def test_parse_idx_gives_the_declared_tensor_or_a_one_line_value_error(budget):
     check()
 
 
+def test_parse_idx_refuses_an_empty_shape_whose_strides_overflow():
+    # Found by the slow run above (CI, 2026-12-01): no bytes, but strides of 2**64-ish that
+    # torch.zeros cannot compute ("Stride calculation overflowed").
+    raw = bytes([0, 0, 8, 3]) + struct.pack(">III", 0, 2**32 - 1, 2**32 - 1)
+    with pytest.raises(ValueError) as err:
+        parse_idx(raw, 3)
+    assert "too large" in one_line(err.value, (0, 2**32 - 1, 2**32 - 1))
+    # One dimension short of the overflow is still an (empty) tensor of the declared shape.
+    assert parse_idx(bytes([0, 0, 8, 3]) + struct.pack(">III", 0, 2**31, 2**31 - 1), 3).shape == (0, 2**31, 2**31 - 1)
+
+
 @st.composite
 def idx_file(draw, kind: str) -> bytes:
     """The bytes of an images or labels file: a valid one (gzip or not), altered, truncated, or garbage."""
