@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import io
-import os
 import time
 import zipfile
 from datetime import timedelta
@@ -23,8 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
-from mnist_rnn.errors import CheckpointError, OutputError, disk_full, is_disk_full
-from mnist_rnn.runs import resume_hint
+from mnist_rnn.errors import CheckpointError, OutputError
+from mnist_rnn.runs import resume_hint, staged
 
 # Checkpoints written before the network moved into its own module (mnist-rnn 0.1.0 as of
 # 2026-11-30) name the weights rnn.*, head.* and permutation; they now live under net.
@@ -152,7 +151,6 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None) -> None:
         path = Path(path)
-        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         # Serialized first: torch.save writing to a file that fills up raises a RuntimeError from its zip
         # writer (torch 2.14), not the OSError, and the size is what a full disk would need.
         data = io.BytesIO()
@@ -162,42 +160,19 @@ class SafeCheckpointIO(TorchCheckpointIO):
             # A kill during an earlier write may have left its staging file behind; a run folder has one writer.
             for stale in path.parent.glob(f".{path.name}.*.tmp"):
                 stale.unlink(missing_ok=True)
-            with staging.open("wb") as file:
-                file.write(data.getbuffer())
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(staging, path)
-            _fsync_folder(path.parent)  # so the rename itself survives a power cut
+            with staged(path, resume_hint(path.parent), needed=data.tell()) as staging:
+                staging.write_bytes(data.getbuffer())
         except OSError as err:
-            staging.unlink(missing_ok=True)
-            if is_disk_full(err):
-                raise disk_full(path, resume_hint(path.parent), needed=data.tell()) from None
             raise OutputError(
                 f"cannot write checkpoint {path} ({err.strerror or err}); the previous checkpoint is intact."
                 " Free space or fix the folder's permissions, then resume with --ckpt_path last"
             ) from None
-        except BaseException:
-            staging.unlink(missing_ok=True)
-            raise
 
     def load_checkpoint(
         self, path: Union[str, Path], map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None
     ) -> dict[str, Any]:
         # weights_only is ignored on purpose: `--weights_only false` must not open the door to pickled code.
         return read_checkpoint(path, map_location=map_location)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # some platforms and file systems cannot open a folder; the rename is done all the same
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class TimedCheckpoint(ModelCheckpoint):

@@ -1,6 +1,7 @@
 """Run folders: runs/<config>/version_<N>/, one per `fit`, never shared by two of them.
 
-What a run is named, where a config's runs are, and which checkpoint of them is the newest.
+What a run is named, where a config's runs are, which checkpoint of them is the newest, and how a file
+is written whole or not at all (`staged`).
 """
 
 from __future__ import annotations
@@ -198,6 +199,52 @@ def reporting_full_disk(target: Union[str, Path, Callable[[], str]], run_dir: Un
         if new:
             Path(target).unlink(missing_ok=True)
         raise disk_full(target, resume_hint(Path(run_dir) / "checkpoints")) from None
+
+
+NOTHING_WRITTEN = "nothing was written there; free space, then run the same command again"
+
+
+@contextlib.contextmanager
+def staged(target: Union[str, Path], then: str = NOTHING_WRITTEN, needed: Optional[int] = None, suffix: str = "", overwrite: bool = True):
+    """A file written whole or not at all: the block writes the path yielded, which takes target's name (`commit`)
+    when the block ends well and is removed otherwise; a full disk is one line naming target, then `then`."""
+    target = Path(target)
+    staging = staging_path(target, suffix)
+    try:
+        yield staging
+        commit(staging, target, overwrite)
+    except OSError as err:
+        staging.unlink(missing_ok=True)  # first, so that the space it took counts as free
+        if is_disk_full(err):
+            raise disk_full(target, then, needed) from None
+        raise
+    finally:
+        staging.unlink(missing_ok=True)
+
+
+def staging_path(target: Path, suffix: str = "") -> Path:
+    """Where a file is written before it takes its name: hidden, beside it, this process's own."""
+    return target.with_name(f".{target.name}.{os.getpid()}.tmp{suffix}")
+
+
+def commit(staging: Path, target: Path, overwrite: bool = True) -> None:
+    """A whole staged file takes target's name, synced to disk before and after (a kill or a power cut leaves
+    the old file or the new one); without overwrite, never over a file that appeared meanwhile."""
+    _fsync(staging)
+    if overwrite:
+        os.replace(staging, target)
+    else:
+        os.link(staging, target)  # fails if target exists, atomically
+    with contextlib.suppress(OSError):  # some platforms and file systems cannot sync a folder; the rename is done
+        _fsync(target.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class _GuardedWriter:
