@@ -31,10 +31,11 @@ import torch
 
 from mnist_rnn import bundled
 from mnist_rnn.commands import CHECK_IMAGES  # the option and its range come from the command line
-from mnist_rnn.errors import ConfigError, ExportError, MnistRnnError, disk_full, is_disk_full
+from mnist_rnn.errors import ConfigError, ExportError
 from mnist_rnn.inference import LoadedModel, PixelsToLogits, answer, load_model
 from mnist_rnn.mnist_files import load_split
 from mnist_rnn.network import IMAGE_SIDE
+from mnist_rnn.runs import staged
 
 # The largest difference in any probability allowed between ONNX Runtime and PyTorch. Measured:
 # 2e-8 to 3e-7 for LSTM, GRU, bidirectional and permuted models (float32 rounding, 2026-11-30).
@@ -83,23 +84,14 @@ def run(args: argparse.Namespace) -> None:
 
 def write_checked(target: Path, export, what: str, runner, images, reference, overwrite: bool) -> None:
     """Export under a hidden name, check the file against PyTorch, and only then give it its name."""
-    staged = staging_path(target)
     try:
-        try:
-            export(staged)
-        except OSError as err:  # named as the file asked for, not its hidden stand-in
-            staged.unlink(missing_ok=True)  # first, so that the space it took counts as free
-            raise cannot_write(target, err) from None
-        check(what, runner(staged), images, reference)
-        place(staged, target, overwrite)
-    finally:
-        staged.unlink(missing_ok=True)
-
-
-def cannot_write(target: Path, err: OSError) -> MnistRnnError:
-    if is_disk_full(err):
-        return disk_full(target, "nothing was written there; free space, then run the same command again")
-    return ExportError(f"cannot write {target} ({err.strerror or err}); choose another place")
+        with staged(target, suffix=target.suffix, overwrite=overwrite) as staging:
+            export(staging)
+            check(what, runner(staging), images, reference)
+    except FileExistsError:
+        raise ExportError(f"{target} appeared while exporting; pass --overwrite to replace it, or choose another file name") from None
+    except OSError as err:  # named as the file asked for, not its hidden stand-in
+        raise ExportError(f"cannot write {target} ({err.strerror or err}); choose another place") from None
 
 
 def check_target(target: Path, overwrite: bool) -> None:
@@ -113,24 +105,6 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise ExportError(f"cannot create the folder of {target} ({err.strerror or err}); choose another place") from None
     if not os.access(target.parent, os.W_OK):
         raise ExportError(f"cannot write into {target.parent} (permission denied); choose another place")
-
-
-def staging_path(target: Path) -> Path:
-    """Where a file is written and checked before it takes its name (hidden, next to it)."""
-    return target.with_name(f".{target.name}.{os.getpid()}.tmp{target.suffix}")
-
-
-def place(staged: Path, target: Path, overwrite: bool) -> None:
-    """Give the checked file its name; without overwrite, never replace a file that appeared meanwhile."""
-    try:
-        if overwrite:
-            os.replace(staged, target)
-        else:
-            os.link(staged, target)  # fails if target exists, atomically
-    except FileExistsError:
-        raise ExportError(f"{target} appeared while exporting; pass --overwrite to replace it, or choose another file name") from None
-    except OSError as err:
-        raise cannot_write(target, err) from None
 
 
 def example_pixels(batch: int = 2) -> torch.Tensor:
