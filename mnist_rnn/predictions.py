@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 
 from mnist_rnn.data import NO_LABEL
 from mnist_rnn.errors import ConfigError, PredictOutputError, SkippedInputsError, disk_full, is_disk_full
+from mnist_rnn.runs import commit, staging_path
 
 
 class PredictionCSVWriter(BasePredictionWriter):
@@ -52,7 +53,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         # to a hidden file next to it, which takes the CSV's name once whole.
         try:
             self.path = self._claim()
-            self._staging = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            self._staging = staging_path(self.path)
             self._file = self._staging.open("w", newline="")
         except OSError as err:
             self._discard()
@@ -138,10 +139,8 @@ class PredictionCSVWriter(BasePredictionWriter):
         if self._file is None:
             return
         with self._writing():
-            self._file.flush()
-            os.fsync(self._file.fileno())
             self._close()
-            os.replace(self._staging, self.path)
+            commit(self._staging, self.path)
         self._staging = self._claimed = None
         lines = [f"predictions for {self._rows} images: {self.path}"]
         if self._labelled and self._rows:
