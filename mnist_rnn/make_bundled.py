@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -21,6 +20,7 @@ from mnist_rnn.cli import cli_main
 from mnist_rnn.errors import ConfigError, MnistRnnError
 from mnist_rnn.hardware import cores, cpu_name
 from mnist_rnn.inference import training_state
+from mnist_rnn.runs import staged
 
 
 def slim(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -69,19 +69,15 @@ def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
         "command": "python -m mnist_rnn.make_bundled",
     }
     output.parent.mkdir(parents=True, exist_ok=True)
-    staged = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        _save({**kept, INFO: info}, staged)
+    with staged(output) as staging:
+        _save({**kept, INFO: info}, staging)
         # The official test accuracy, measured the way a user will: `mnist-rnn test` on this very file.
-        tested = cli_main(["test", "--ckpt_path", str(staged)])
+        tested = cli_main(["test", "--ckpt_path", str(staging)])
         info["test_acc"] = float(tested.trainer.callback_metrics["test/acc"])
-        _save({**kept, INFO: info}, staged)  # the same weights; only the record of their score is added
-        size = staged.stat().st_size
+        _save({**kept, INFO: info}, staging)  # the same weights; only the record of their score is added
+        size = staging.stat().st_size
         if size > MAX_BYTES:
             raise ConfigError(f"the bundled checkpoint would be {size:,} bytes, over {MAX_BYTES:,}; train a smaller model")
-        os.replace(staged, output)
-    finally:
-        staged.unlink(missing_ok=True)
     return {**info, "bytes": output.stat().st_size}
 
 

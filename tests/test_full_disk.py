@@ -16,7 +16,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_rnn import commands
+from mnist_rnn import commands, make_bundled
 from mnist_rnn.checkpoints import read_checkpoint
 from mnist_rnn.errors import OutputError
 from mnist_rnn.runs import RunLogger
@@ -213,6 +213,19 @@ def test_a_full_disk_at_the_predictions_leaves_no_partial_csv(tiny_run, tmp_path
     assert (tmp_path / "out.csv").read_text() == "earlier predictions\n"
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["out.csv"]
     assert "predictions for" not in stdout
+
+
+def test_a_full_disk_at_the_bundled_model_is_one_line_and_keeps_the_earlier_one(tiny_run, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "bundled.ckpt"
+    output.write_bytes(b"the earlier bundled model")
+    fill_disk_at(monkeypatch, ".bundled.ckpt.*.tmp")
+    with pytest.raises(SystemExit) as exit_info:
+        make_bundled.main(["--from", str(tiny_run["run_dir"] / "checkpoints" / "last.ckpt"), "--output", str(output)])
+    message = one_error_line(exit_info.value.code, capsys.readouterr().err)
+    assert message.startswith(f"cannot write {output}: the disk is full (")
+    assert message.endswith("nothing was written there; free space, then run the same command again")
+    assert output.read_bytes() == b"the earlier bundled model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundled.ckpt"]
 
 
 def test_a_full_disk_with_no_file_named_is_one_line(monkeypatch, capsys):
