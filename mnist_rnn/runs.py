@@ -230,17 +230,17 @@ def staging_path(target: Path, suffix: str = "") -> Path:
 def commit(staging: Path, target: Path, overwrite: bool = True) -> None:
     """A whole staged file takes target's name, synced to disk before and after (a kill or a power cut leaves
     the old file or the new one); without overwrite, never over a file that appeared meanwhile."""
-    _fsync(staging)
+    _fsync(staging, os.O_RDWR)  # written to: Windows syncs only a handle that can write
     if overwrite:
         os.replace(staging, target)
     else:
         os.link(staging, target)  # fails if target exists, atomically
     with contextlib.suppress(OSError):  # some platforms and file systems cannot sync a folder; the rename is done
-        _fsync(target.parent)
+        _fsync(target.parent, os.O_RDONLY)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _fsync(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     finally:
