@@ -93,7 +93,25 @@ class SaveFitConfig(SaveConfigCallback):
 
 class MnistRnnCLI(LightningCLI):
     checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file's content, checked before anything runs
-    batch_sizes: tuple[int, int] = ()  # the running command's training and evaluation batch sizes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().__init__(*args, **kwargs)
+        except MisconfigurationException as err:  # what trainer_settings does not check, in Lightning's own words
+            if os.environ.get("MNIST_RNN_DEBUG"):
+                raise
+            raise ConfigError(f"Lightning refuses the settings: {' '.join(str(err).split())} (see mnist-rnn fit --help)") from None
+        except RuntimeError as err:  # torch.OutOfMemoryError is one: named with the running command's batch sizes
+            oom = out_of_memory(err, self.config[self.subcommand].data) if getattr(self, "subcommand", None) else None
+            if oom is None or os.environ.get("MNIST_RNN_DEBUG"):
+                raise
+            raise oom from None
+        finally:
+            # Lightning leaves a DDP process group open when the run ends; left to interpreter
+            # shutdown, gloo's threads can abort the process ("terminate called without an active
+            # exception") after the work is done. Every rank closes it here, together.
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
@@ -165,7 +183,6 @@ class MnistRnnCLI(LightningCLI):
         trainer_settings.check(config.trainer, self.subcommand)
         check_source(config.data.data_dir, config.data.download, config.data.val_size)
         check_devices(config.trainer.accelerator, config.trainer.devices, config.threads, config.trainer.strategy)
-        MnistRnnCLI.batch_sizes = (config.data.batch_size, config.data.eval_batch_size)  # for cli_main's out-of-memory line
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)
         else:
@@ -279,38 +296,21 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
     skip_gpu_probe_without_gpu()
-    MnistRnnCLI.batch_sizes = ()
-    try:
-        return MnistRnnCLI(
-            RecurrentClassifier,
-            MNISTDataModule,
-            subclass_mode_model=False,
-            subclass_mode_data=False,
-            save_config_callback=SaveFitConfig,
-            parser_class=OneLineErrorParser,
-            trainer_defaults={"callbacks": list(callbacks)},
-            # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
-            parser_kwargs={
-                "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn`
-                "epilog": "Other commands: serve (draw a digit in the browser; a JSON API), export (to ONNX and"
-                " torch.export) and sweep (seeds and hyperparameter searches); see mnist-rnn serve --help,"
-                " mnist-rnn export --help and mnist-rnn sweep --help.",
-                **{sub: {"default_config_files": [config_file("default.yaml")], "prog": f"mnist-rnn {sub}"} for sub in SUBCOMMANDS},
-            },
-            args=bundled_configs(sys.argv[1:] if args is None else list(args)),
-        )
-    except MisconfigurationException as err:  # what trainer_settings does not check, in Lightning's own words
-        if os.environ.get("MNIST_RNN_DEBUG"):
-            raise
-        raise ConfigError(f"Lightning refuses the settings: {' '.join(str(err).split())} (see mnist-rnn fit --help)") from None
-    except RuntimeError as err:  # torch.OutOfMemoryError is one
-        oom = out_of_memory(err, *MnistRnnCLI.batch_sizes) if MnistRnnCLI.batch_sizes else None
-        if oom is None or os.environ.get("MNIST_RNN_DEBUG"):
-            raise
-        raise oom from None
-    finally:
-        # Lightning leaves a DDP process group open when the run ends; left to interpreter
-        # shutdown, gloo's threads can abort the process ("terminate called without an active
-        # exception") after the work is done. Every rank closes it here, together.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    return MnistRnnCLI(
+        RecurrentClassifier,
+        MNISTDataModule,
+        subclass_mode_model=False,
+        subclass_mode_data=False,
+        save_config_callback=SaveFitConfig,
+        parser_class=OneLineErrorParser,
+        trainer_defaults={"callbacks": list(callbacks)},
+        # default_config_files must be given per subcommand: given once, it is ignored for a flat YAML.
+        parser_kwargs={
+            "prog": "mnist-rnn",  # also when started as `python -m mnist_rnn`
+            "epilog": "Other commands: serve (draw a digit in the browser; a JSON API), export (to ONNX and"
+            " torch.export) and sweep (seeds and hyperparameter searches); see mnist-rnn serve --help,"
+            " mnist-rnn export --help and mnist-rnn sweep --help.",
+            **{sub: {"default_config_files": [config_file("default.yaml")], "prog": f"mnist-rnn {sub}"} for sub in SUBCOMMANDS},
+        },
+        args=bundled_configs(sys.argv[1:] if args is None else list(args)),
+    )

@@ -52,12 +52,11 @@ def saved_normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
 
 
 def check_source(data_dir: Optional[str], download: bool, val_size: int) -> None:
-    """What can be refused before the trainer makes a run folder: a folder without the IDX files, or
-    a validation split the embedded 60,000 training images cannot hold."""
+    """setup's own refusals that need no image read, made before the trainer makes a run folder (the CLI calls it)."""
     if data_dir is not None and not download:
-        find_idx_files(Path(data_dir))
-    elif data_dir is None and not download and not 0 < val_size < 60_000:
-        raise ConfigError(f"data.val_size must lie in 1..59999, got {val_size}")
+        find_idx_files(Path(data_dir))  # a folder without the IDX files
+    elif data_dir is None and not download:  # a split the embedded 60,000 training images cannot hold
+        split_indices(60_000, val_size, seed=0)  # for its check alone
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

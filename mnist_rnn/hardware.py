@@ -56,16 +56,16 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def out_of_memory(err: BaseException, batch_size: int, eval_batch_size: int) -> Optional[ConfigError]:
-    """torch's allocation failure (CPU or GPU) as one line naming the batch sizes; None for any other error."""
+def out_of_memory(err: BaseException, data: Any) -> Optional[ConfigError]:
+    """torch's allocation failure (CPU or GPU) as one line naming the batch sizes of `data`; None for any other error."""
     text = " ".join(str(err).split())
     if not isinstance(err, torch.OutOfMemoryError) and not (isinstance(err, RuntimeError) and "can't allocate memory" in text):
         return None
     tried = re.search(r"[Tt]ried to allocate [^.;(]*", text)
     return ConfigError(
-        f"out of memory ({tried.group(0).strip() if tried else text[:80]}) at --data.batch_size {batch_size}"
-        f" (evaluation: --data.eval_batch_size {eval_batch_size}); pass smaller ones, e.g. --data.batch_size"
-        f" {max(1, batch_size // 2)} --data.eval_batch_size {max(1, eval_batch_size // 2)}, or free memory"
+        f"out of memory ({tried.group(0).strip() if tried else text[:80]}) at --data.batch_size {data.batch_size}"
+        f" (evaluation: --data.eval_batch_size {data.eval_batch_size}); pass smaller ones, e.g. --data.batch_size"
+        f" {max(1, data.batch_size // 2)} --data.eval_batch_size {max(1, data.eval_batch_size // 2)}, or free memory"
     )
 
 

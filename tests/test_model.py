@@ -1,10 +1,13 @@
+import inspect
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.model import LSTMClassifier
+from mnist_rnn.model import LSTMClassifier, RecurrentClassifier
+from mnist_rnn.network import RecurrentNet
 
 
 @pytest.mark.parametrize("batch", [1, 10, 128])
@@ -75,6 +78,18 @@ def test_hyperparameters_are_saved():
     assert model.hparams.hidden_size == 32
     assert model.hparams.lr == 0.01
     assert model.hparams.scheduler == "cosine"
+
+
+def test_the_models_network_settings_are_the_networks_own():
+    # Declared twice (LightningCLI and save_hyperparameters read the model's own signature, docs/layout.md):
+    # the model's first nine settings must be RecurrentNet's, with the same types and defaults.
+    net = dict(inspect.signature(RecurrentNet.__init__).parameters)
+    model = dict(inspect.signature(RecurrentClassifier.__init__).parameters)
+    names = [name for name in net if name != "self"]
+    assert len(names) == 9 and list(model)[1 : len(names) + 1] == names
+    assert [model[name].default for name in names] == [net[name].default for name in names]
+    net_types, model_types = typing.get_type_hints(RecurrentNet.__init__), typing.get_type_hints(RecurrentClassifier.__init__)
+    assert [model_types[name] for name in names] == [net_types[name] for name in names]
 
 
 def test_best_validation_accuracy_is_kept_in_the_state_dict():
