@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from mnist_rnn.errors import ConfigError, DatasetError
 from mnist_rnn.images import read_digits
-from mnist_rnn.mnist_files import find_idx_files, load_split
+from mnist_rnn.mnist_files import find_idx_files, load_split, read_idx
 from mnist_rnn.steps_per_execution import check_settings, group, lightning_steps
 
 # The dataset is in memory: worker processes would only copy it, so Lightning's advice to add
@@ -52,11 +52,11 @@ def saved_normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
 
 
 def check_source(data_dir: Optional[str], download: bool, val_size: int) -> None:
-    """setup's own refusals that need no image read, made before the trainer makes a run folder (the CLI calls it)."""
-    if data_dir is not None and not download:
-        find_idx_files(Path(data_dir))  # a folder without the IDX files
-    elif data_dir is None and not download:  # a split the embedded 60,000 training images cannot hold
-        split_indices(60_000, val_size, seed=0)  # for its check alone
+    """setup's own refusals that need no image read, made before the trainer makes a run folder (the CLI calls it):
+    a folder without the IDX files, a split its training images (or the embedded 60,000) cannot hold."""
+    if not download:
+        labels = None if data_dir is None else read_idx(find_idx_files(Path(data_dir))[("train", "labels")], "labels")
+        split_indices(60_000 if labels is None else len(labels), val_size, seed=0)  # for its check alone
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ import yaml
 from mnist_rnn import commands, trainer_settings
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.model import RecurrentClassifier
-from tests.conftest import REPO, TINY, cli_error, run_main, subprocess_env
+from tests.conftest import REPO, TINY, cli_error, run_main, subprocess_env, write_fake_mnist
 
 DOCS = REPO / "docs" / "resume-and-errors.md"
 
@@ -188,6 +188,11 @@ KINDS = {
         None,
         (*FIT, "--data.val_size", "60000"),
         "data.val_size must lie in 1..59999, got 60000",
+    ),
+    "--data.val_size beyond a data folder's images": (
+        lambda folder: write_fake_mnist(folder / "data", n_train=300, n_test=10),
+        (*FIT, "--data.data_dir", "data", "--data.val_size", "300"),
+        "data.val_size must lie in 1..299, got 300",
     ),
     "--data.max_shift out of range": (
         None,
