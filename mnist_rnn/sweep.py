@@ -11,7 +11,6 @@ import itertools
 import json
 import logging
 import multiprocessing
-import os
 import shlex
 import signal
 import statistics
@@ -59,13 +58,12 @@ def logged_to(log: Path):
 
 def write(path: Path, rows: Any) -> None:
     """The file whole or not at all (the one before stays): JSON, or CSV rows."""
-    with runs.reporting_full_disk(path, then=AGAIN), open(f"{path}.tmp", "w", newline="") as handle:
+    with runs.staged(path, then=AGAIN) as staging, open(staging, "w", newline="") as handle:
         if isinstance(rows, dict):
             json.dump(rows, handle, indent=1)
         else:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader(), writer.writerows(rows)
-    os.replace(f"{path}.tmp", path)
 
 
 def settings(params: dict) -> str:
