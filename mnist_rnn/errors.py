@@ -69,8 +69,8 @@ class MissingExtraError(MnistRnnError):
     """A command beyond fit/validate/test/predict needs libraries of an extra that is not installed."""
 
 
-def is_disk_full(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno == errno.ENOSPC
+def is_disk_full(err: BaseException) -> bool:  # ENOSPC, or SQLite's own words (the sweep's study, through sqlalchemy)
+    return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "database or disk is full" in str(err)
 
 
 def disk_full(path: Union[str, Path], then: str, needed: Optional[int] = None) -> OutputError:

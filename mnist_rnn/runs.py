@@ -186,19 +186,20 @@ def resume_hint(checkpoints: Union[str, Path]) -> str:
 
 
 @contextlib.contextmanager
-def reporting_full_disk(target: Union[str, Path, Callable[[], str]], run_dir: Union[str, Path], fresh: bool = False):
-    """A full disk inside: one line naming target, which is removed if fresh (written whole inside) and new,
-    so that no torn file keeps a final name."""
+def reporting_full_disk(target: Union[str, Path, Callable[[], str]], run_dir: Union[str, Path, None] = None, fresh: bool = False,
+                        then: Optional[str] = None):
+    """A full disk inside: one line naming target, then `then` (by default: how to resume the run in run_dir); target
+    is removed if fresh (written whole inside) and new, so that no torn file keeps a final name."""
     new = fresh and not os.path.exists(target)
     try:
         yield
-    except OSError as err:
+    except Exception as err:  # OSError, or a database driver's error (is_disk_full reads SQLite's words)
         if not is_disk_full(err):
             raise
         target = target() if callable(target) else target
         if new:
             Path(target).unlink(missing_ok=True)
-        raise disk_full(target, resume_hint(Path(run_dir) / "checkpoints")) from None
+        raise disk_full(target, then or resume_hint(Path(run_dir) / "checkpoints")) from None
 
 
 NOTHING_WRITTEN = "nothing was written there; free space, then run the same command again"

@@ -11,7 +11,6 @@ import itertools
 import json
 import logging
 import multiprocessing
-import os
 import shlex
 import signal
 import statistics
@@ -22,14 +21,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import optuna
-import sqlalchemy.exc
 from lightning.pytorch.callbacks import LambdaCallback
 from optuna.storages import RDBStorage, fail_stale_trials
 from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from mnist_rnn import errors, hardware, resume, runs
+from mnist_rnn import hardware, resume, runs
 from mnist_rnn.errors import MnistRnnError, TrainingStopped
 from mnist_rnn.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner
 
@@ -43,6 +41,7 @@ STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the shell's status of a
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry helpers
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
 RETRY = Retry(inherit_intermediate_values=True)
+AGAIN = "the finished trials are kept; free space, then resume the sweep (--resume)"  # the full-disk line's advice
 
 
 @contextlib.contextmanager
@@ -57,26 +56,14 @@ def logged_to(log: Path):
             logging.disable(logging.NOTSET)
 
 
-@contextlib.contextmanager
-def disk_full(path: Any):
-    """A full disk under the study's database (SQLite's own error) or the results: one line naming the file and the fix."""
-    try:
-        yield
-    except (OSError, sqlalchemy.exc.OperationalError) as err:
-        if not errors.is_disk_full(err) and "database or disk is full" not in str(err):
-            raise
-        raise errors.disk_full(path, "the finished trials are kept; free space, then resume the sweep (--resume)") from None
-
-
 def write(path: Path, rows: Any) -> None:
     """The file whole or not at all (the one before stays): JSON, or CSV rows."""
-    with disk_full(path), open(f"{path}.tmp", "w", newline="") as handle:
+    with runs.staged(path, then=AGAIN) as staging, open(staging, "w", newline="") as handle:
         if isinstance(rows, dict):
             json.dump(rows, handle, indent=1)
         else:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader(), writer.writerows(rows)
-    os.replace(f"{path}.tmp", path)
 
 
 def settings(params: dict) -> str:
@@ -99,8 +86,7 @@ class Sweep:
     def trials(self, *states: TrialState) -> list[optuna.trial.FrozenTrial]:
         return self.study.get_trials(deepcopy=False, states=states or None)
 
-    def prepare(self, resume: bool) -> int:
-        """Keep the sweep file in the study, or check it against the one kept; queue the seeds; the trials finished."""
+    def prepare(self, resume: bool) -> int:  # the number of trials finished
         stored, mine = self.study.user_attrs.get("spec"), self.spec.as_dict()
         if stored not in (None, mine):
             raise SweepError(f"{self.spec.path} differs from the sweep {self.spec.name} stored in the study"
@@ -137,7 +123,7 @@ class Sweep:
     def objective(self, trial: optuna.Trial) -> float:
         from mnist_rnn.cli import cli_main
 
-        spec, started, kept = self.spec, time.perf_counter(), []
+        spec, started = self.spec, time.perf_counter()
         params = {name: getattr(trial, f"suggest_{kind}")(name, **keywords) for name, (kind, keywords) in spec.params.items()}
         seed = trial.suggest_categorical("seed", spec.seeds) if spec.seeds else None
         origin = Retry.retried_trial_number(self.trials()[trial.number])
@@ -151,8 +137,7 @@ class Sweep:
                 *(["--ckpt_path", resume.LAST] if runs.newest_checkpoint(run) is not None else [])]
         # Persistent callbacks (LightningCLI's trainer_defaults), not in config.yaml: that reruns the trial as a plain fit.
         # The metrics are recorded at every validation, before the pruner's verdict, and for a retry if a kill comes next.
-        callbacks = (LambdaCallback(setup=lambda trainer, *_, **__: kept.append(trainer),
-                                    on_validation_end=lambda trainer, *_: self.record(trial, trainer, started)),
+        callbacks = (LambdaCallback(on_validation_end=lambda trainer, *_: self.record(trial, trainer, started)),
                      *([PyTorchLightningPruningCallback(trial, spec.metric)] if spec.params else []))
         try:
             with logged_to(run / "fit.log") as log:
@@ -166,7 +151,7 @@ class Sweep:
             with logged_to(run / "test.log"):  # the exact score of `mnist-rnn test -c <run>/config.yaml --ckpt_path <best>`
                 test_acc = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=best, verbose=False)[0]["test/acc"]
         except optuna.TrialPruned:
-            print(f"trial {trial.number}: pruned after epoch {kept[0].current_epoch + 1}", flush=True)
+            print(f"trial {trial.number}: pruned after epoch {self.trials()[trial.number].last_step + 1}", flush=True)
             raise
         except (TrainingStopped, KeyboardInterrupt):
             RETRY(self.study, self.trials()[trial.number])  # not broken: queued again, as a killed trial is
@@ -187,8 +172,7 @@ class Sweep:
                 trial.set_user_attr(key, value)
         return wall_s
 
-    def summarize(self) -> None:
-        """The results, read from the study: results.csv (a row per trial), summary.json, the best trial."""
+    def summarize(self) -> None:  # results.csv, summary.json and the lines about the best trial, read from the study
         retried = {n for t in self.trials() for n in Retry.retry_history(t)}
         keys = dict.fromkeys([self.spec.metric, "val/acc_best", "test/acc", "wall_s", "run", "best_checkpoint"])
         rows = [{"trial": t.number, "state": t.state.name.lower(), **t.params, **{k: t.user_attrs.get(k) for k in keys}}
@@ -219,7 +203,7 @@ class Sweep:
 def worker(spec: Spec, folder: Path, url: str, threads: Optional[int], index: int) -> None:
     """One worker process of --parallel; its error in one line, as the sweep's own."""
     try:
-        with disk_full(url.removeprefix("sqlite:///")):
+        with runs.reporting_full_disk(url.removeprefix("sqlite:///"), then=AGAIN):
             Sweep(spec, folder, url, threads, index).work()
     except (TrainingStopped, KeyboardInterrupt) as err:
         sys.exit(getattr(err, "exit_code", 128 + signal.SIGINT))
@@ -243,7 +227,6 @@ def run_workers(spec: Spec, folder: Path, url: str, threads: int, n: int) -> lis
 
 
 def run(options) -> None:
-    """`mnist-rnn sweep` with its parsed options (mnist_rnn/commands.py)."""
     if options.parallel < 1:
         raise SweepError(f"--parallel must be at least 1, got {options.parallel}")
     spec = load_spec(options.config)
@@ -256,7 +239,7 @@ def run(options) -> None:
     url = options.storage or f"sqlite:///{database.resolve()}"  # absolute: jsonargparse changes folder reading a config
     folder.mkdir(parents=True, exist_ok=True)
     threads = max(1, hardware.cores() // options.parallel) if options.parallel > 1 else None  # N trials share the cores
-    with disk_full(url.removeprefix("sqlite:///")):
+    with runs.reporting_full_disk(url.removeprefix("sqlite:///"), then=AGAIN):
         sweep = Sweep(spec, folder, url, threads)
         done = sweep.prepare(resume=options.resume)
         kind = f"{len(spec.seeds)} seeds" if spec.seeds else f"{spec.n_trials} trial(s), {spec.metric} {spec.direction[:3]}"

@@ -25,6 +25,8 @@ SEARCH = {"params": {}, "n_trials": None, "metric": "val/acc_best", "direction":
           "sampler_seed": None, "pruner": "median"}
 KEYS = {"": ("name", "base", "overrides", "seeds", "search"), "param": ("type", "low", "high", "step", "log", "choices")}
 RESERVED = ("trainer.logger.", "ckpt_path.")  # set by the sweep for every trial (with a dot: whole names only)
+GROUPS = {"trainer", "model", "data"}  # the fit config's sections that hold settings of their own
+MAX_SEEDS = 10_000
 
 
 class Spec(SimpleNamespace):
@@ -48,8 +50,7 @@ def need(ok: Any, message: str) -> None:
 
 
 @contextlib.contextmanager
-def about(path: Path):
-    """Every refusal inside names the sweep file first."""
+def about(path: Path):  # every refusal inside names the sweep file first
     try:
         yield
     except SweepError as err:
@@ -66,10 +67,6 @@ def find_config(name: str, near: Optional[Path] = None) -> Optional[Path]:
     from mnist_rnn.cli import config_file  # cli.py never imports the sweep: no circle
 
     return next((p for p in (Path(name), *([near / name] if near else []), Path(config_file(name))) if p.is_file()), None)
-
-
-GROUPS = {"trainer", "model", "data"}  # the fit config's sections that hold settings of their own
-MAX_SEEDS = 10_000
 
 
 def load_spec(given: str) -> Spec:
@@ -121,7 +118,6 @@ def load_spec(given: str) -> Spec:
 
 
 def distribution(at: str, rule: Any) -> tuple[str, dict]:
-    """Categorical with choices, else int when both bounds are integers, else float; checked by Optuna."""
     need(isinstance(rule, dict), f"{at} must be a mapping: {{low: .., high: .., log: true}} or {{choices: [..]}}")
     known(rule, f"{at}.", KEYS["param"])
     low, high, choices = rule.get("low"), rule.get("high"), rule.get("choices")
@@ -142,7 +138,6 @@ def distribution(at: str, rule: Any) -> tuple[str, dict]:
 
 
 def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
-    """`median` (Optuna's MedianPruner), `none`, or {name: median, n_startup_trials: .., n_warmup_steps: ..}."""
     if spec.seeds is not None or spec.pruner in (None, "none", False):  # a seed sweep prunes nothing
         return optuna.pruners.NopPruner()
     kwargs = dict(spec.pruner) if isinstance(spec.pruner, dict) else {"name": spec.pruner}
