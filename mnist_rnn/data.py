@@ -30,8 +30,7 @@ warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable.*")
 
 # The mean and standard deviation of MNIST's training pixels (scaled to [0, 1]).
-MNIST_MEAN = 0.1307
-MNIST_STD = 0.3081
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
 # The label of an image that has none (the user's own digits): predict writes no label column then.
 NO_LABEL = -1
@@ -56,13 +55,17 @@ def check_source(data_dir: Optional[str], download: bool, val_size: int) -> None
     a folder without the IDX files, a split its training images (or the embedded 60,000) cannot hold."""
     if not download:
         labels = None if data_dir is None else read_idx(find_idx_files(Path(data_dir))[("train", "labels")], "labels")
-        split_indices(60_000 if labels is None else len(labels), val_size, seed=0)  # for its check alone
+        check_val_size(60_000 if labels is None else len(labels), val_size)
+
+
+def check_val_size(n: int, val_size: int) -> None:
+    if not 0 < val_size < n:
+        raise ConfigError(f"data.val_size must lie in 1..{n - 1}, got {val_size}")
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Disjoint (train, validation) indices covering range(n), drawn reproducibly from seed."""
-    if not 0 < val_size < n:
-        raise ConfigError(f"data.val_size must lie in 1..{n - 1}, got {val_size}")
+    check_val_size(n, val_size)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[val_size:], order[:val_size]
 
@@ -118,9 +121,7 @@ class EpochShuffle(Sampler[int]):
     """
 
     def __init__(self, size: int, seed: int) -> None:
-        self.size = size
-        self.seed = seed
-        self.epoch = 0
+        self.size, self.seed, self.epoch = size, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
