@@ -181,7 +181,7 @@ class MnistRnnCLI(LightningCLI):
         if self.subcommand == "fit":
             steps_per_execution.check_settings(config.model.steps_per_execution, config.trainer.gradient_clip_val)
         trainer_settings.check(config.trainer, self.subcommand)
-        check_source(config.data.data_dir, config.data.download, config.data.val_size)
+        check_source(config.data.data_dir, config.data.download, config.data.val_size, self.subcommand in ("fit", "validate"))
         check_devices(config.trainer.accelerator, config.trainer.devices, config.threads, config.trainer.strategy)
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)

@@ -50,12 +50,14 @@ def saved_normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
     return float(saved_data.get("mean", MNIST_MEAN)), float(saved_data.get("std", MNIST_STD))
 
 
-def check_source(data_dir: Optional[str], download: bool, val_size: int) -> None:
-    """setup's own refusals that need no image read, made before the trainer makes a run folder (the CLI calls it):
-    a folder without the IDX files, a split its training images (or the embedded 60,000) cannot hold."""
-    if not download:
-        labels = None if data_dir is None else read_idx(find_idx_files(Path(data_dir))[("train", "labels")], "labels")
-        check_val_size(60_000 if labels is None else len(labels), val_size)
+def check_source(data_dir: Optional[str], download: bool, val_size: int, splits: bool) -> None:
+    """setup's own refusals that need no image read, made before the trainer makes a run folder (the CLI calls it): a
+    folder without the IDX files, a split (fit, validate) that its training images (or the embedded 60,000) cannot hold."""
+    if download:
+        return
+    files = None if data_dir is None else find_idx_files(Path(data_dir))
+    if files is None or splits:  # test and predict split a data folder only for `auto` statistics, refused in setup then
+        check_val_size(60_000 if files is None else len(read_idx(files[("train", "labels")], "labels")), val_size)
 
 
 def check_val_size(n: int, val_size: int) -> None:
@@ -250,9 +252,7 @@ class MNISTDataModule(L.LightningDataModule):
         """
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError(
-                f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}"
-            )
+            raise ConfigError(f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
         if mean != "auto" and not 0 <= mean <= 1:
             raise ConfigError(f"data.mean must lie in [0, 1] (the pixels are scaled to [0, 1]) or be auto, got {mean}")
         if std != "auto" and not std > 0:

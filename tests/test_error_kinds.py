@@ -236,6 +236,17 @@ def test_a_kind_refused_before_training_is_one_line(tmp_path, monkeypatch, capsy
     assert not list(tmp_path.glob("runs/**/*.*"))  # no checkpoint, event file or config: nothing half-made
 
 
+
+def test_a_data_folder_smaller_than_val_size_is_refused_only_by_the_commands_that_split_it(tmp_path, monkeypatch, capsys):
+    # test scores the folder's test images with the bundled model's saved statistics: its training
+    # images are never split, so val_size (5000 from the model's settings) is not theirs to hold.
+    write_fake_mnist(tmp_path / "data", n_train=300, n_test=10)
+    status, out, err = run_main("test", "--data.data_dir", "data", cwd=tmp_path)
+    assert status == 0 and "test/acc" in out, err
+    monkeypatch.chdir(tmp_path)
+    assert "data.val_size must lie in 1..299, got 5000" in cli_error(capsys, "validate", "--data.data_dir", "data")
+    assert not list(tmp_path.glob("runs/**/*.*"))
+
 TINY_TRAINER = {"max_epochs": 2, "max_steps": -1, "limit_train_batches": 20.0, "limit_val_batches": 2.0,
                 "limit_test_batches": 2.0, "limit_predict_batches": 2.0, "val_check_interval": None,
                 "check_val_every_n_epoch": 1, "accumulate_grad_batches": 1, "log_every_n_steps": 5, "num_nodes": 1}
