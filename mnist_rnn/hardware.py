@@ -1,12 +1,9 @@
-"""What the machine decides: the training precision and the number of CPU threads.
-
-Used by the CLI when `trainer.precision` or `threads` is null, when a checkpoint's training
-precision or an explicit `--trainer.precision` may not run here, and by the benchmark, so that
-all of them make the same choice.
-"""
+"""What the machine decides: the precision and the CPU threads (`null` settings), whether a precision runs here,
+and the hardware a run asks for; the CLI and the benchmark share these, so both make the same choice."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -24,36 +21,29 @@ from mnist_rnn.errors import ConfigError
 warnings.filterwarnings("ignore", message=r".*is not supported by the model summary.*")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux lists them in /proc/cpuinfo (empty elsewhere)."""
-    try:
+def cpuinfo(field: str) -> Optional[str]:
+    """The value of the first `field` line of /proc/cpuinfo; None where there is none (not Linux)."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+            if line.startswith(field):
+                return line.split(":", 1)[1]
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((cpuinfo("flags") or "").split())
 
 
 def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), not by conversion.
-
-    Read from the kernel's flags: torch has no public query for these instruction sets. Where
-    they cannot be read (not Linux), the answer is no, so `precision: null` keeps fp32, which runs
-    everywhere.
-    """
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX), read from the kernel's flags: torch has no
+    public query for these. Unknown (not Linux) is no, so `precision: null` keeps fp32, which runs everywhere."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def cpu_name() -> str:
     """The processor's model name, as lscpu shows it (what a figure or a refusal names)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    name = cpuinfo("model name")
+    return name.strip() if name is not None else platform.processor() or platform.machine()
 
 
 def out_of_memory(err: BaseException, data: Any) -> Optional[ConfigError]:
@@ -75,7 +65,6 @@ _LOW_PRECISION = {"bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed", "bf16-true":
 
 
 def on_cpu(accelerator: Any) -> bool:
-    """Whether a run with this `trainer.accelerator` computes on the CPU."""
     return str(accelerator) == "cpu" or (str(accelerator) == "auto" and not torch.cuda.is_available())
 
 
@@ -83,12 +72,11 @@ def on_cpu(accelerator: Any) -> bool:
 def cpu_kernel_runs(cell: str, precision: str) -> bool:
     """Whether this CPU has a kernel for `cell` (lstm or gru) in `precision`: one tiny step, tried.
 
-    Measured with torch 2.14.1 on an AMD EPYC with AVX2 and no AVX512-BF16 (docs/precision.md):
-    under autocast (bf16-mixed, 16-mixed) torch hands the LSTM to oneDNN, which has no
-    low-precision LSTM kernel on such a CPU ("could not create a primitive descriptor for the LSTM
-    forward propagation primitive"); bf16-true and 16-true LSTMs, and GRUs in every precision
-    (autocast leaves a CPU GRU in fp32), run. Trying costs a few milliseconds, once per process,
-    and stays right on CPUs and torch releases that were not measured.
+    Measured with torch 2.14.1 on an AMD EPYC with AVX2 and no AVX512-BF16 (docs/precision.md): under
+    autocast (bf16-mixed, 16-mixed) torch hands the LSTM to oneDNN, which has no low-precision LSTM kernel
+    there ("could not create a primitive descriptor for the LSTM forward propagation primitive"); -true
+    LSTMs and GRUs in every precision (autocast leaves a CPU GRU in fp32) run. Trying costs a few ms once
+    per process and stays right on CPUs and torch releases not measured.
     """
     precision = _LOW_PRECISION.get(str(precision))
     if precision is None:
@@ -98,11 +86,11 @@ def cpu_kernel_runs(cell: str, precision: str) -> bool:
     x = torch.ones(3, 1, 2, requires_grad=True)
     try:
         if precision.endswith("-true"):
-            layer.to(dtype)(x.to(dtype))[0].float().sum().backward()
+            out = layer.to(dtype)(x.to(dtype))[0]
         else:
             with torch.autocast("cpu", dtype=dtype):
                 out = layer(x)[0]
-            out.float().sum().backward()
+        out.float().sum().backward()
     except RuntimeError:
         return False
     return True
@@ -110,9 +98,7 @@ def cpu_kernel_runs(cell: str, precision: str) -> bool:
 
 def missing_feature(precision: str) -> str:
     """The instruction sets whose absence leaves a CPU without native kernels of a precision."""
-    if str(precision).startswith("bf16"):
-        return "AVX512-BF16 or AMX"
-    return "AVX512-FP16 or AMX-FP16"
+    return "AVX512-BF16 or AMX" if str(precision).startswith("bf16") else "AVX512-FP16 or AMX-FP16"
 
 
 def _a(cell: str) -> str:
@@ -126,22 +112,17 @@ def precision_runs(precision: Any, accelerator: Any, cell: str) -> bool:
 
 def check_precision(precision: Any, accelerator: Any, cell: str) -> None:
     """An explicit `--trainer.precision` this CPU cannot run is refused in one line, before any run starts."""
-    if precision_runs(precision, accelerator, cell):
-        return
-    raise ConfigError(
-        f"--trainer.precision {precision} cannot run {_a(cell)} on this CPU ({cpu_name()}): it has no"
-        f" {missing_feature(str(precision))}, and torch has no {precision} {cell.upper()} kernel without them;"
-        " pass --trainer.precision 32-true, or leave it out (null picks what this machine runs)"
-    )
+    if not precision_runs(precision, accelerator, cell):
+        raise ConfigError(
+            f"--trainer.precision {precision} cannot run {_a(cell)} on this CPU ({cpu_name()}): it has no"
+            f" {missing_feature(str(precision))}, and torch has no {precision} {cell.upper()} kernel without them;"
+            " pass --trainer.precision 32-true, or leave it out (null picks what this machine runs)"
+        )
 
 
 def evaluation_precision(trained: str, accelerator: Any, cell: str) -> tuple[str, Optional[str]]:
-    """The precision to evaluate or resume a checkpoint in, and a line to print when it is not `trained`.
-
-    The checkpoint's training precision where this machine runs it; else fp32, the nearest that
-    runs everywhere (a bf16-mixed checkpoint's weights are fp32 already; docs/precision.md
-    measures what evaluating it in fp32 changes).
-    """
+    """A checkpoint's training precision where this machine runs it, else fp32 with a line to print: the nearest
+    that runs everywhere (bf16-mixed weights are fp32 already; docs/precision.md measures what that changes)."""
     if precision_runs(trained, accelerator, cell):
         return trained, None
     return "32-true", (
@@ -151,18 +132,15 @@ def evaluation_precision(trained: str, accelerator: Any, cell: str) -> tuple[str
 
 
 def auto_precision(accelerator: Any, batch_size: int, sequence: str = "rows", cell: str = "lstm") -> str:
-    """bf16-mixed only where it was measured to lose nothing and to be computed natively; else 32-true.
+    """bf16-mixed only where it was measured to lose nothing and is computed natively; else 32-true.
 
-    - Rows (28 steps) at batch 32 or more: bf16 on hardware that computes it natively (docs/precision.md
-      has the comparison over seeds). Below batch 32 on a CPU a step is bound by per-op overhead and
-      autocast's casts make it slower (measured: LSTM(50) at batch 10 ran 12% slower in bf16).
-    - Pixels and permuted pixels (784 steps): fp32, see docs/precision.md.
-    - GPUs: bf16 only where the GPU has it in hardware (not emulated, as on a T4 or V100).
+    Rows (28 steps) only: 784-step sequences stay fp32 (docs/precision.md, with the comparison over seeds).
+    GPUs: bf16 where the GPU has it in hardware (not emulated, as on a T4 or V100). CPUs: at batch 32 or more;
+    below, a step is bound by per-op overhead and autocast's casts slow it (LSTM(50) at batch 10: 12% slower).
     """
     if sequence != "rows":
         return "32-true"
-    on_gpu = str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if on_gpu:
+    if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
     if str(accelerator) in ("auto", "cpu") and batch_size >= 32:
         return "bf16-mixed" if native_bf16_cpu() and cpu_kernel_runs(cell, "bf16-mixed") else "32-true"
@@ -175,26 +153,19 @@ def cores() -> int:
 
 
 def auto_threads(batch_size: int) -> int:
-    """Threads for torch on the CPU.
-
-    Small batches are bound by per-step overhead; a second thread gains little there and
-    collapses the step rate when another process is busy on that core. Large batches are bound
-    by matrix work and use every core this process may run on.
-    """
-    if batch_size < 32:
-        return 1
-    return cores()
+    """Threads for torch on the CPU. Below batch 32 a step is bound by its overhead: a second thread gains little
+    and collapses the step rate when another process is busy on that core. Larger batches use every core."""
+    return 1 if batch_size < 32 else cores()
 
 
 def skip_gpu_probe_without_gpu() -> None:
     """On a machine with no NVIDIA GPU, stop torch from probing for one at every optimizer step.
 
     Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (lightning 2.6.6, lightning/fabric/__init__.py),
-    so that asking whether CUDA is available cannot initialize CUDA before a fork. With a CUDA
-    build of torch that never initializes CUDA (training on the CPU), every Adam step then asks
-    NVML afresh (torch 2.14.1, Optimizer._accelerator_graph_capture_health_check): measured
-    158 us a step instead of 39 for a 10-weight Adam, about a tenth of a step of the seed model.
-    Where NVML finds no GPU there is no CUDA to protect, and torch's default check is used instead.
+    so that asking whether CUDA is available cannot initialize CUDA before a fork. A CUDA build of torch
+    training on the CPU then asks NVML afresh at every Adam step (torch 2.14.1,
+    Optimizer._accelerator_graph_capture_health_check): 158 us a step instead of 39 for a 10-weight Adam,
+    about a tenth of a seed-model step. With no GPU there is no CUDA to protect: torch's default check is used.
     """
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
@@ -220,7 +191,7 @@ def check_devices(accelerator: Any, devices: Any, threads: Optional[int], strate
     if text != "auto" and not isinstance(devices, (list, tuple)) and not ("," in text and not on_cpu(accelerator)):
         if count is None or count < 1 and (count != -1 or on_cpu(accelerator)):
             raise ConfigError(f"--trainer.devices {devices} is not a number of devices; pass a count of at least 1, or auto")
-    if str(accelerator) in ("gpu", "cuda"):
+    if name in ("gpu", "cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"--trainer.accelerator {accelerator} asks for a GPU, but torch sees no CUDA device on this machine;"
