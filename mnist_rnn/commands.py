@@ -1,10 +1,7 @@
-"""The `mnist-rnn` command: which subcommand runs, the options of those outside LightningCLI, and one-line errors.
+"""The `mnist-rnn` command: which subcommand runs, the options of serve, export and sweep, and one-line errors.
 
-Nothing here imports torch or Lightning: `mnist-rnn --help` and the `--help` of serve, export and
-sweep answer at once, and each command imports what it needs only when it runs. fit, validate,
-test and predict are LightningCLI's (mnist_rnn/cli.py); serve, export and sweep are plain
-argparse commands whose work lives in the module of the same name, behind an extra
-(`pip install "mnist-rnn[serve]"`).
+Nothing here imports torch or Lightning, so every `--help` answers at once. fit/validate/test/predict are
+LightningCLI's (cli.py); serve, export and sweep are argparse commands run by their own module, behind an extra.
 """
 
 from __future__ import annotations
@@ -40,25 +37,26 @@ EXTRAS = {
 CHECK_IMAGES = 10_000  # export checks the exported model on the official test set, all of it by default
 
 
-class CommandParser(argparse.ArgumentParser):
-    """argparse for the commands outside LightningCLI, with the same one-line errors."""
+def usage_error(message: str, prog: str) -> NoReturn:
+    """A bad option in one line, like the project's own errors, instead of a page of usage (cli.py's parser too)."""
+    print(f"mnist-rnn: error: {' '.join(message.split())} (options: {prog} --help)", file=sys.stderr)
+    raise SystemExit(2)
 
+
+class CommandParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        print(f"mnist-rnn: error: {' '.join(message.split())} (options: {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
+        usage_error(message, self.prog)
 
 
 def add_options(name: str, parser: argparse.ArgumentParser) -> None:
-    """The options of serve, export and sweep."""
-    bundled = "checkpoint written by `mnist-rnn fit` (default: the bundled model)"
+    if name in ("serve", "export"):
+        parser.add_argument("--ckpt_path", default=None, help="checkpoint written by `mnist-rnn fit` (default: the bundled model)")
     if name == "serve":
-        parser.add_argument("--ckpt_path", default=None, help=bundled)
         parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
         parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
         parser.add_argument("--max_upload_mb", type=float, default=10.0,
                             help="largest image accepted, in MB; larger gets 413 (default 10)")  # fmt: skip
     elif name == "export":
-        parser.add_argument("--ckpt_path", default=None, help=bundled)
         parser.add_argument("--output", required=True, help="the ONNX file to write, e.g. model.onnx")
         parser.add_argument("--pt2", default=None, help="also write a torch.export program (.pt2) here")
         parser.add_argument("--overwrite", action="store_true", help="replace --output (and --pt2) if they exist")
@@ -84,38 +82,31 @@ def installed(library: str) -> bool:
     return importlib.util.find_spec(library) is not None
 
 
-def check_extra(name: str) -> None:
-    """A one-line error naming the extra when a library the command needs is not installed."""
-    # Asked before importing: some are imported only deep inside a run (onnxscript by torch.onnx.export).
-    missing = [lib for lib in EXTRAS[name] if not installed(lib)]
-    if missing:
-        raise missing_extra(name, missing)
-
-
-def import_command(name: str):
-    """The command's module, or a one-line error naming the extra when a library it imports is missing."""
+def run_own_command(name: str, args: list[str]) -> None:
+    """serve, export or sweep: its options, its extra's libraries (asked before importing: some are imported only
+    deep inside a run, onnxscript by torch.onnx.export), then its module's run; a missing library is one line."""
+    parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
+    add_options(name, parser)
+    if not {"-h", "--help"} & set(args):  # the options can be read without the extra; nothing else can
+        missing = [lib for lib in EXTRAS[name] if not installed(lib)]
+        if missing:
+            raise missing_extra(name, missing)
+    options = parser.parse_args(args)  # --help ends here, before any import of torch
     try:
-        return importlib.import_module(f"mnist_rnn.{name}")
+        module = importlib.import_module(f"mnist_rnn.{name}")
     except ModuleNotFoundError as err:
         if not err.name or err.name.split(".")[0] == "mnist_rnn":
             raise
         raise missing_extra(name, [err.name.split(".")[0]]) from None
-
-
-def run_own_command(name: str, args: list[str]) -> None:
-    parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
-    add_options(name, parser)
-    if not {"-h", "--help"} & set(args):  # the options can be read without the extra; nothing else can
-        check_extra(name)
-    options = parser.parse_args(args)  # --help ends here, before any import of torch
-    import_command(name).run(options)
+    module.run(options)
 
 
 def print_help() -> None:
-    width = max(map(len, {**LIGHTNING_COMMANDS, **OWN_COMMANDS}))
+    commands = {**LIGHTNING_COMMANDS, **OWN_COMMANDS}
+    width = max(map(len, commands))
     lines = ["usage: mnist-rnn COMMAND [options]   (mnist-rnn COMMAND --help lists a command's options)", "",
              "MNIST digits read row by row by an LSTM, trained with PyTorch Lightning.", "", "commands:"]  # fmt: skip
-    lines += [f"  {name:<{width}}  {text}" for name, text in {**LIGHTNING_COMMANDS, **OWN_COMMANDS}.items()]
+    lines += [f"  {name:<{width}}  {text}" for name, text in commands.items()]
     print("\n".join(lines))
 
 
@@ -169,10 +160,8 @@ def run(args: Optional[list[str]]) -> None:
         print(f"mnist-rnn: error: {disk_full(err.filename, then) if err.filename else f'the disk is full; {then}'}", file=sys.stderr)
         raise SystemExit(2) from None
     except SystemExit as err:
-        # Lightning's own SIGTERM handling, outside training (a SystemExit): it would otherwise exit
-        # with status 0. Only a run that imported Lightning can raise it.
-        # Lightning also turns a KeyboardInterrupt inside trainer.fit but before training (a signal
-        # stop_on_signal raised) into exit status 1.
+        # Outside training, Lightning's SIGTERM handling (a SystemExit, only once Lightning is imported) would exit
+        # with status 0, and a KeyboardInterrupt in trainer.fit before training (stop_on_signal's) with 1.
         exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")
         if exceptions is not None and isinstance(err, exceptions.SIGTERMException):
             stopped("SIGTERM")
