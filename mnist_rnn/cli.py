@@ -1,10 +1,7 @@
-"""The `mnist-rnn` command: a LightningCLI with fit, validate, test and predict.
+"""`mnist-rnn fit/validate/test/predict`: the LightningCLI that wires the project's pieces together.
 
-Every setting lives in YAML (conf/default.yaml is read first, `-c FILE` on top of it, then
-command-line flags). This file only wires the pieces together: the model and datamodule classes,
-the machine's choices (hardware.py), a `--ckpt_path` checked before use (checkpoints.py) and the
-run it continues (resume.py), the messages at the end (progress.py, predictions.py), and one-line
-errors with the shell's exit codes.
+Settings come from conf/default.yaml, then `-c FILE`, then flags; a `--ckpt_path` is checked and applied
+before Lightning reads it; every bad input is one line.
 """
 
 from __future__ import annotations
@@ -24,30 +21,17 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from mnist_rnn import bundled, checkpoints, resume, runs, steps_per_execution, trainer_settings
+from mnist_rnn import bundled, checkpoints, hardware, resume, runs, steps_per_execution, trainer_settings
+from mnist_rnn.commands import LIGHTNING_COMMANDS, usage_error
 from mnist_rnn.data import MNISTDataModule, check_source
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.hardware import (
-    auto_precision,
-    auto_threads,
-    check_devices,
-    check_precision,
-    evaluation_precision,
-    out_of_memory,
-    skip_gpu_probe_without_gpu,
-)
 from mnist_rnn.model import RecurrentClassifier
 from mnist_rnn.predictions import PredictionCSVWriter, report_skipped
 from mnist_rnn.progress import SummaryWithoutFlops, default_progress_bar, fit_report
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
-
 
 def config_file(name: str) -> str:
-    """Path of one of the repository's conf/*.yaml files.
-
-    A wheel ships them as mnist_rnn/conf/; a source checkout or editable install reads conf/.
-    """
+    """Path of a conf/*.yaml file: mnist_rnn/conf/ in a wheel, conf/ in a source checkout or editable install."""
     packaged = Path(__file__).parent / "conf"
     folder = packaged if packaged.is_dir() else Path(__file__).parent.parent / "conf"
     return str(folder / name)
@@ -60,9 +44,7 @@ class OneLineErrorParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get("MNIST_RNN_DEBUG"):
             super().error(message, ex)  # raises (while jsonargparse tries alternatives), or the full report
         parser = getattr(ex, "subcommand_parser", None) or self
-        prog = parser.prog.replace(" [options]", "")
-        print(f"mnist-rnn: error: {short_union_error(' '.join(message.split()))} (options: {prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
+        usage_error(short_union_error(" ".join(message.split())), parser.prog.replace(" [options]", ""))
 
 
 def short_union_error(message: str) -> str:
@@ -78,11 +60,8 @@ def short_union_error(message: str) -> str:
 
 
 class SaveFitConfig(SaveConfigCallback):
-    """Save the run's config.yaml for fit only: test/predict must not touch a run's folder.
-
-    A resumed run keeps the config.yaml it started with, so that `fit -c runs/.../config.yaml`
-    still reruns it from scratch. (A new run always gets a folder of its own, see RunLogger.)
-    """
+    """Save the run's config.yaml for fit only: test/predict must not touch a run's folder. A resumed run keeps
+    the one it started with, so that `fit -c runs/.../config.yaml` still reruns it from scratch."""
 
     def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
         config = Path(trainer.log_dir or "") / self.config_filename
@@ -102,14 +81,13 @@ class MnistRnnCLI(LightningCLI):
                 raise
             raise ConfigError(f"Lightning refuses the settings: {' '.join(str(err).split())} (see mnist-rnn fit --help)") from None
         except RuntimeError as err:  # torch.OutOfMemoryError is one: named with the running command's batch sizes
-            oom = out_of_memory(err, self.config[self.subcommand].data) if getattr(self, "subcommand", None) else None
+            oom = hardware.out_of_memory(err, self.config[self.subcommand].data) if getattr(self, "subcommand", None) else None
             if oom is None or os.environ.get("MNIST_RNN_DEBUG"):
                 raise
             raise oom from None
         finally:
-            # Lightning leaves a DDP process group open when the run ends; left to interpreter
-            # shutdown, gloo's threads can abort the process ("terminate called without an active
-            # exception") after the work is done. Every rank closes it here, together.
+            # Lightning leaves a DDP process group open; at interpreter shutdown gloo's threads can abort the
+            # finished process ("terminate called without an active exception"). Every rank closes it here, together.
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
 
@@ -130,19 +108,16 @@ class MnistRnnCLI(LightningCLI):
             parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        # As Lightning's, without its warning about `args` given beside sys.argv: main() always
-        # passes the command line itself, with the bundled config names resolved.
+        # Lightning's, without its warning about `args` beside sys.argv: cli_main passes the command line itself.
         self.config = parser.parse_args(args)
-        # Checked here, before LightningCLI reads the file itself (unchecked: a damaged one would
-        # end in a stack trace), and before it knows `last` or the bundled model.
+        # Checked before LightningCLI reads the file unchecked (a damaged one: a stack trace); `last` and the bundled model are ours.
         self.apply_checkpoint()
 
     def apply_checkpoint(self) -> None:
         """Name fit's run; resolve `--ckpt_path last`, check the checkpoint, and apply its settings.
 
-        Like Lightning's version, the checkpoint's model settings win over the config's, so the
-        model built fits the weights; so do its normalization (and, for fit, the data settings of
-        its run). A setting the command gives explicitly that contradicts the checkpoint is refused.
+        As in Lightning, the checkpoint's model settings win over the config's, so the model fits the weights;
+        so do its normalization (and fit's run data settings). An explicit setting that contradicts it is refused.
         """
         subcommand = self.config.get("subcommand")
         config = self.config[subcommand] if subcommand else None
@@ -182,12 +157,12 @@ class MnistRnnCLI(LightningCLI):
             steps_per_execution.check_settings(config.model.steps_per_execution, config.trainer.gradient_clip_val)
         trainer_settings.check(config.trainer, self.subcommand)
         check_source(config.data.data_dir, config.data.download, config.data.val_size, self.subcommand in ("fit", "validate"))
-        check_devices(config.trainer.accelerator, config.trainer.devices, config.threads, config.trainer.strategy)
+        hardware.check_devices(config.trainer.accelerator, config.trainer.devices, config.threads, config.trainer.strategy)
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)
         else:
-            check_precision(config.trainer.precision, config.trainer.accelerator, config.model.cell)
-        torch.set_num_threads(config.threads or auto_threads(config.data.batch_size))
+            hardware.check_precision(config.trainer.precision, config.trainer.accelerator, config.model.cell)
+        torch.set_num_threads(config.threads or hardware.auto_threads(config.data.batch_size))
         if self.subcommand != "fit":
             # Evaluating a checkpoint prints its results; it does not open a new run folder.
             config.trainer.logger = False
@@ -199,13 +174,13 @@ class MnistRnnCLI(LightningCLI):
         runs it (else fp32, said in one line); without a checkpoint the machine decides."""
         checkpoint = self.checkpoint or {}
         if checkpoint.get("precision"):
-            precision, note = evaluation_precision(str(checkpoint["precision"]), config.trainer.accelerator, config.model.cell)
+            precision, note = hardware.evaluation_precision(str(checkpoint["precision"]), config.trainer.accelerator, config.model.cell)
             if note:
                 print(f"mnist-rnn: {note}", flush=True)
             return precision
         # Checkpoints from before the precision was saved: what training chose, from its batch size.
         trained_batch = (checkpoint.get("datamodule_hyper_parameters") or {}).get("batch_size", config.data.batch_size)
-        return auto_precision(config.trainer.accelerator, trained_batch, config.model.sequence, config.model.cell)
+        return hardware.auto_precision(config.trainer.accelerator, trained_batch, config.model.sequence, config.model.cell)
 
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
@@ -218,14 +193,10 @@ class MnistRnnCLI(LightningCLI):
         configured = trainer.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         extra = []
-        if trainer.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in configured
-        ):
-            extra.append(default_progress_bar())
-        if trainer.get("enable_model_summary", True) is not False and not any(
-            isinstance(c, ModelSummary) for c in configured
-        ):
-            extra.append(SummaryWithoutFlops())
+        for switch, kind, make in (("enable_progress_bar", ProgressBar, default_progress_bar),
+                                   ("enable_model_summary", ModelSummary, SummaryWithoutFlops)):  # fmt: skip
+            if trainer.get(switch, True) is not False and not any(isinstance(c, kind) for c in configured):
+                extra.append(make())
         if extra:  # after the caller's persistent callbacks (cli_main's callbacks)
             self.trainer_defaults = {**self.trainer_defaults, "callbacks": [*self.trainer_defaults.get("callbacks", []), *extra]}
         return super().instantiate_trainer(**kwargs)
@@ -239,12 +210,10 @@ class MnistRnnCLI(LightningCLI):
         report_skipped(self.datamodule)
 
 
-class _DropTips(logging.Filter):
+def drop_tips(record: logging.LogRecord) -> bool:
     """Lightning's advertising tips, and its note that our summary replaces its own, say nothing about the run."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "Tip:" not in message and "Skipping setting a default `ModelSummary`" not in message
+    message = record.getMessage()
+    return "Tip:" not in message and "Skipping setting a default `ModelSummary`" not in message
 
 
 def bundled_configs(args: list[str]) -> list[str]:
@@ -294,8 +263,8 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
     """`callbacks`: added to the Trainer but not to the run's config.yaml (LightningCLI's trainer_defaults)."""
     # A deprecation inside Lightning itself, not in this project.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
-    skip_gpu_probe_without_gpu()
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(drop_tips)
+    hardware.skip_gpu_probe_without_gpu()
     return MnistRnnCLI(
         RecurrentClassifier,
         MNISTDataModule,
@@ -310,7 +279,7 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
             "epilog": "Other commands: serve (draw a digit in the browser; a JSON API), export (to ONNX and"
             " torch.export) and sweep (seeds and hyperparameter searches); see mnist-rnn serve --help,"
             " mnist-rnn export --help and mnist-rnn sweep --help.",
-            **{sub: {"default_config_files": [config_file("default.yaml")], "prog": f"mnist-rnn {sub}"} for sub in SUBCOMMANDS},
+            **{sub: {"default_config_files": [config_file("default.yaml")], "prog": f"mnist-rnn {sub}"} for sub in LIGHTNING_COMMANDS},
         },
         args=bundled_configs(sys.argv[1:] if args is None else list(args)),
     )
