@@ -38,8 +38,6 @@ def config_file(name: str) -> str:
 
 
 class OneLineErrorParser(LightningArgumentParser):
-    """Reports a bad option in one line, like the project's own errors, instead of a page of usage."""
-
     def error(self, message: str, ex: Optional[Exception] = None) -> NoReturn:
         if not self.exit_on_error or os.environ.get("MNIST_RNN_DEBUG"):
             super().error(message, ex)  # raises (while jsonargparse tries alternatives), or the full report
@@ -100,11 +98,9 @@ class MnistRnnCLI(LightningCLI):
         )
         # The data module serves as many batches per Lightning step as the model takes optimizer steps.
         parser.link_arguments("model.steps_per_execution", "data.steps_per_execution")
-        # Each subcommand's parser is made with its own prog (cli_main's parser_kwargs), which
-        # jsonargparse replaces only once the parser is registered, after this hook.
+        # Only predict writes predictions: its CSV writer is always there, whatever callbacks a config lists, and
+        # fit's configs lack its settings. The prog is cli_main's (jsonargparse replaces it only after this hook).
         if parser.prog == "mnist-rnn predict":
-            # Only predict writes predictions: its CSV writer is always there (--predictions.output),
-            # whatever callbacks a config lists, and fit's configs do not carry its settings.
             parser.add_lightning_class_args(PredictionCSVWriter, "predictions")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:

@@ -70,14 +70,11 @@ def on_cpu(accelerator: Any) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def cpu_kernel_runs(cell: str, precision: str) -> bool:
-    """Whether this CPU has a kernel for `cell` (lstm or gru) in `precision`: one tiny step, tried.
-
-    Measured with torch 2.14.1 on an AMD EPYC with AVX2 and no AVX512-BF16 (docs/precision.md): under
-    autocast (bf16-mixed, 16-mixed) torch hands the LSTM to oneDNN, which has no low-precision LSTM kernel
-    there ("could not create a primitive descriptor for the LSTM forward propagation primitive"); -true
-    LSTMs and GRUs in every precision (autocast leaves a CPU GRU in fp32) run. Trying costs a few ms once
-    per process and stays right on CPUs and torch releases not measured.
-    """
+    """Whether this CPU has a kernel for `cell` (lstm or gru) in `precision`: one tiny step, tried (a few ms, once
+    per process, and right on CPUs and torch releases not measured). Measured with torch 2.14.1 on an AVX2 AMD EPYC
+    without AVX512-BF16 (docs/precision.md): under autocast torch hands the LSTM to oneDNN, which has no low-precision
+    LSTM kernel there ("could not create a primitive descriptor for the LSTM forward propagation primitive");
+    -true LSTMs, and GRUs in every precision (autocast leaves a CPU GRU in fp32), run."""
     precision = _LOW_PRECISION.get(str(precision))
     if precision is None:
         return True  # fp32 and fp64 kernels exist everywhere
@@ -161,11 +158,10 @@ def auto_threads(batch_size: int) -> int:
 def skip_gpu_probe_without_gpu() -> None:
     """On a machine with no NVIDIA GPU, stop torch from probing for one at every optimizer step.
 
-    Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (lightning 2.6.6, lightning/fabric/__init__.py),
-    so that asking whether CUDA is available cannot initialize CUDA before a fork. A CUDA build of torch
-    training on the CPU then asks NVML afresh at every Adam step (torch 2.14.1,
-    Optimizer._accelerator_graph_capture_health_check): 158 us a step instead of 39 for a 10-weight Adam,
-    about a tenth of a seed-model step. With no GPU there is no CUDA to protect: torch's default check is used.
+    Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (lightning 2.6.6, fabric/__init__.py) so that asking
+    for CUDA cannot initialize it before a fork; a CUDA build of torch training on the CPU then asks NVML at every
+    Adam step (torch 2.14.1, Optimizer._accelerator_graph_capture_health_check): 158 us a step instead of 39 for a
+    10-weight Adam, a tenth of a seed-model step. With no GPU there is no CUDA to protect: torch's default check.
     """
     if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda.device_count() == 0:
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
