@@ -153,12 +153,6 @@ def run(args: Optional[list[str]]) -> None:
         else:
             print(f"mnist-rnn: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    except OSError as err:  # a full disk in a write that no writer of this project could name (a download, say)
-        if not is_disk_full(err) or os.environ.get("MNIST_RNN_DEBUG"):
-            raise
-        then = "free space, then run the same command again"
-        print(f"mnist-rnn: error: {disk_full(err.filename, then) if err.filename else f'the disk is full; {then}'}", file=sys.stderr)
-        raise SystemExit(2) from None
     except SystemExit as err:
         # Outside training, Lightning's SIGTERM handling (a SystemExit, only once Lightning is imported) would exit
         # with status 0, and a KeyboardInterrupt in trainer.fit before training (stop_on_signal's) with 1.
@@ -175,6 +169,10 @@ def run(args: Optional[list[str]]) -> None:
     except Exception as err:  # the last net: every kind in docs/resume-and-errors.md has its own message
         if os.environ.get("MNIST_RNN_DEBUG"):
             raise
+        if isinstance(err, OSError) and is_disk_full(err):  # in a write no writer of this project names (a download)
+            then = "free space, then run the same command again"
+            print(f"mnist-rnn: error: {disk_full(err.filename, then) if err.filename else f'the disk is full; {then}'}", file=sys.stderr)
+            raise SystemExit(2) from None
         text = " ".join(str(err).split()) or "(no message)"
         print(f"mnist-rnn: error: unexpected {type(err).__name__}: {text}; rerun with MNIST_RNN_DEBUG=1 for the stack"
               " trace and report it", file=sys.stderr)  # fmt: skip

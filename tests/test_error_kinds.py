@@ -332,6 +332,19 @@ def test_an_unexpected_error_is_one_line_that_asks_for_a_report(monkeypatch, cap
         commands.main(["serve"])
 
 
+def test_an_unexpected_os_error_is_one_line_too(monkeypatch, capsys):
+    # An OSError that is not a full disk used to be re-raised past the last net: a stack trace.
+    def fail(name, args):
+        raise PermissionError(13, "Permission denied", "/some/folder")
+
+    monkeypatch.setattr(commands, "run_own_command", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        commands.main(["serve"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err == ("mnist-rnn: error: unexpected PermissionError: [Errno 13] Permission denied: '/some/folder';"
+                                       " rerun with MNIST_RNN_DEBUG=1 for the stack trace and report it\n")  # fmt: skip
+
+
 def test_ctrl_c_outside_training_is_one_line_and_status_130(monkeypatch, tmp_path):
     def interrupted(name, args):
         raise KeyboardInterrupt
