@@ -68,7 +68,6 @@ class RecurrenceViews(Callback):
 
     @staticmethod
     def _experiment(trainer: L.Trainer):
-        """The TensorBoard SummaryWriter, or None without a TensorBoardLogger."""
         logger = tensorboard_logger(trainer)
         return None if logger is None else logger.experiment
 
