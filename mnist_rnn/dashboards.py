@@ -2,8 +2,7 @@
 
 Pictures are drawn with Pillow, already a dependency, not matplotlib: a 10x10 table of counts and
 a few dozen digits take milliseconds. Drawing functions return what `SummaryWriter.add_image`
-takes, a (3, H, W) uint8 tensor.
-"""
+takes, a (3, H, W) uint8 tensor."""
 
 from __future__ import annotations
 
@@ -27,8 +26,7 @@ class TensorBoardDashboards(Callback):
 
     HPARAMS: the model's and the data's settings against `val/acc_best`, so runs compare in one
     table. IMAGES `val/confusion_matrix` (true class against predicted) and `val/misclassified`
-    (validation digits the model got wrong, captioned "true->pred"). Nothing without a TensorBoardLogger.
-    """
+    (validation digits the model got wrong, captioned "true->pred"). Nothing without a TensorBoardLogger."""
 
     def __init__(self, max_misclassified: int = 48, metric: str = "val/acc_best") -> None:
         """
@@ -67,11 +65,9 @@ class TensorBoardDashboards(Callback):
         if logger is None or trainer.sanity_checking or self._hparams_logged or value is None:
             return
         self._hparams_logged = True
-        params = dict(pl_module.hparams_initial)
-        if trainer.datamodule is not None:
-            params.update(trainer.datamodule.hparams_initial)
+        data = trainer.datamodule.hparams_initial if trainer.datamodule is not None else {}
         # Without LightningCLI's bookkeeping entries (_instantiator, _class_path): they are no settings.
-        params = {k: v for k, v in params.items() if not k.startswith("_")}
+        params = {k: v for k, v in {**pl_module.hparams_initial, **data}.items() if not k.startswith("_")}
         logger.log_hyperparams(params, {self.metric: float(value)}, step=val_step(trainer))
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -151,8 +147,7 @@ def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
     """A (classes, classes) count matrix, rows true and columns predicted, as a heat map with counts.
 
     A cell's shade is its share of the true class (the row), square-rooted so that a confusion
-    of a few percent still shows; the diagonal is blue, confusions red, empty cells blank.
-    """
+    of a few percent still shows; the diagonal is blue, confusions red, empty cells blank."""
     counts = matrix.detach().long().cpu()
     classes = counts.shape[0]
     share = (counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)).sqrt()

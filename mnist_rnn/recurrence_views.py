@@ -1,11 +1,7 @@
 """`RecurrenceViews`: TensorBoard views of how the network reads, step by step, and their drawing.
 
-The views (docs/dashboards.md is their reading guide): `val/accuracy_by_steps_read`, accuracy had
-the network stopped after its first k steps (at k = T, `val/acc`); `train/gradient_by_step`, the
-loss's gradient with respect to the top layer's state at each step; `val/gates`, layer 0's gates
-as heat maps; `val/hidden_state` in the PROJECTOR, the final state the head reads. The network is
-read through its public methods and its layers' public weights (mnist_rnn/unroll.py).
-"""
+What each view shows and how to read it: docs/dashboards.md. The network is read through its
+public methods and its layers' public weights (mnist_rnn/unroll.py)."""
 
 from __future__ import annotations
 
@@ -74,9 +70,8 @@ class RecurrenceViews(Callback):
     def _fixed_digits(self, trainer: L.Trainer, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """The first n digits (and labels) of the validation loader, fetched once per fit for all views.
 
-        The loader is never shuffled: the same digits at every call and in every run with the same
-        data settings. The datamodule's loader exists before the first validation; else fit()'s.
-        """
+        Never shuffled: the same digits at every call and in every run with the same data settings.
+        The datamodule's loader exists before the first validation; else fit()'s."""
         if self._fixed is None:
             needed = max(self.gradient_digits, self.gate_digits, self.embedding_digits)
             images, labels = [], []

@@ -3,8 +3,7 @@
 `nn.LSTM` and `nn.GRU` run the whole sequence in one fused call, so their per-step gates and hidden
 states are never tensors one can read or differentiate. `unroll` recomputes them one step at a time:
 layer 0's gates, and the top layer's states as autograd nodes for the loss's gradient. A Python loop
-over the steps: for a few digits or one fixed batch, not for training. No dropout (eval mode).
-"""
+over the steps: for a few digits or one fixed batch, not for training. No dropout (eval mode)."""
 
 from __future__ import annotations
 
@@ -36,11 +35,9 @@ def _run_direction(kind: str, inputs: torch.Tensor, params, reverse: bool, keep_
     """One layer, one direction: (batch, steps, features) -> per-step states in time order, gates."""
     w_ih, w_hh, b_ih, b_hh = params
     batch, steps, _ = inputs.shape
-    hidden = w_hh.shape[1]
     # The input's share of every step at once: one matmul instead of one per step.
     from_input = inputs @ w_ih.T + b_ih
-    h = inputs.new_zeros(batch, hidden)
-    c = inputs.new_zeros(batch, hidden)
+    h = c = inputs.new_zeros(batch, w_hh.shape[1])  # (batch, hidden)
     states: list[torch.Tensor] = [h] * steps
     gates: dict[str, list[torch.Tensor]] = {name: [h] * steps for name in GATES[kind]} if keep_gates else {}
     for t in range(steps - 1, -1, -1) if reverse else range(steps):
@@ -66,8 +63,7 @@ def unroll(net: RecurrentNet, images: torch.Tensor, keep_gates: bool = False) ->
     """Step `net` by hand over normalized images (batch, 28, 28), in the dtype of `images`.
 
     The weights are cast to that dtype, so a float64 batch runs in float64 (the gradient view does,
-    so that gradients that vanish over 784 steps stay positive instead of underflowing to zero).
-    """
+    so that gradients that vanish over 784 steps stay positive instead of underflowing to zero)."""
     rnn = net.rnn
     kind = "lstm" if isinstance(rnn, nn.LSTM) else "gru"
     directions = 2 if rnn.bidirectional else 1
@@ -95,13 +91,11 @@ def gradient_by_step(net: RecurrentNet, images: torch.Tensor, labels: torch.Tens
     """(directions, steps): the mean over the digits of |d loss_i / d h_t| for the top layer's state.
 
     loss_i is digit i's cross-entropy: a digit's gradient does not shrink with the batch size.
-    torch.autograd.grad accumulates nothing, so the network's own `.grad` is left untouched.
-    """
+    torch.autograd.grad accumulates nothing, so the network's own `.grad` is left untouched."""
     with torch.enable_grad():
         unrolled = unroll(net, images.double())
         loss = nn.functional.cross_entropy(unrolled.logits, labels, reduction="sum")
         flat = [h for states in unrolled.states for h in states]
         grads = torch.autograd.grad(loss, flat, allow_unused=True)
-    steps = len(unrolled.states[0])
     norms = [g.norm(dim=1).mean() if g is not None else flat[0].new_zeros(()) for g in grads]
-    return torch.stack(norms).reshape(len(unrolled.states), steps).detach()
+    return torch.stack(norms).reshape(len(unrolled.states), -1).detach()
