@@ -138,11 +138,6 @@ def centred_text(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: s
     draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), text, font=font, fill=fill)
 
 
-def _blend(colour: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
-    """White blended towards colour by amount, in [0, 1]."""
-    return tuple(round(255 + (c - 255) * amount) for c in colour)
-
-
 def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
     """A (classes, classes) count matrix, rows true and columns predicted, as a heat map with counts.
 
@@ -163,7 +158,8 @@ def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
         for col in range(classes):
             x, y = left + col * CELL, top + row * CELL
             amount = float(share[row, col])
-            fill = _blend(CORRECT_COLOUR if row == col else ERROR_COLOUR, amount)
+            colour = CORRECT_COLOUR if row == col else ERROR_COLOUR
+            fill = tuple(round(255 + (c - 255) * amount) for c in colour)  # white blended towards the colour
             draw.rectangle((x, y, x + CELL, y + CELL), fill=fill, outline=(210, 210, 210))
             if counts[row, col]:
                 ink = "white" if amount > 0.6 else "black"

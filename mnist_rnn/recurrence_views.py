@@ -162,8 +162,7 @@ class RecurrenceViews(Callback):
             net = pl_module.net
             with torch.no_grad():
                 unrolled = unroll(net, images.float(), keep_gates=True)
-            answers = unrolled.logits.argmax(dim=1)
-            image = gates_image(images, labels, answers, unrolled.gates, net.sequence)
+            image = gates_image(images, labels, unrolled.logits.argmax(dim=1), unrolled.gates, net.sequence)
             experiment.add_image("val/gates", image, val_step(trainer))
 
     # train/gradient_by_step
@@ -297,7 +296,7 @@ def _log_ticks(low: float, high: float) -> list[float]:
 
 MAX_COLUMNS = 196  # a gate heat map is at most this many pixels wide: 784 steps are averaged in fours
 UNIT_PIXELS = 112  # the height of a heat map, shared among the hidden units
-GATE_LOW, GATE_HIGH = (20, 20, 60), (255, 220, 40)  # a gate at 0 (closed) and at 1 (open)
+GATE_LOW, GATE_HIGH = torch.tensor((20.0, 20.0, 60.0)), torch.tensor((255.0, 220.0, 40.0))  # a gate at 0 (closed) and at 1 (open)
 
 
 def gates_image(images, labels, answers, gates: list[dict[str, torch.Tensor]], sequence: str) -> torch.Tensor:
@@ -335,7 +334,5 @@ def gates_image(images, labels, answers, gates: list[dict[str, torch.Tensor]], s
 
 def _heat(values: torch.Tensor) -> Image.Image:
     """(rows, columns) in [0, 1] -> an RGB image blended from GATE_LOW to GATE_HIGH."""
-    amount = values.clamp(0, 1)[..., None]
-    low, high = torch.tensor(GATE_LOW, dtype=torch.float32), torch.tensor(GATE_HIGH, dtype=torch.float32)
-    rgb = (low + (high - low) * amount).round().to(torch.uint8)
-    return Image.fromarray(rgb.numpy())
+    rgb = GATE_LOW + (GATE_HIGH - GATE_LOW) * values.clamp(0, 1)[..., None]
+    return Image.fromarray(rgb.round().to(torch.uint8).numpy())
