@@ -1,11 +1,8 @@
-"""What TensorBoard shows beyond the scalars, and the pictures it shows.
+"""`TensorBoardDashboards`, and the drawing both it and recurrence_views.py use.
 
-`TensorBoardDashboards` logs the HPARAMS table and, every validation epoch, a confusion matrix
-and a grid of misclassified digits. The pictures are drawn here with Pillow, already a
-dependency, rather than matplotlib: a 10x10 table of counts and a few dozen 28x28 digits need no
-plotting library, and drawing them takes a few milliseconds. Every drawing function returns a
-(3, H, W) uint8 tensor, what `SummaryWriter.add_image` takes.
-"""
+Pictures are drawn with Pillow, already a dependency, not matplotlib: a 10x10 table of counts and
+a few dozen digits take milliseconds. Drawing functions return what `SummaryWriter.add_image`
+takes, a (3, H, W) uint8 tensor."""
 
 from __future__ import annotations
 
@@ -27,13 +24,9 @@ from mnist_rnn.network import NUM_CLASSES
 class TensorBoardDashboards(Callback):
     """What TensorBoard shows beyond the scalars: the HPARAMS table and two pictures per validation epoch.
 
-    - HPARAMS: the model's and the data's settings, as given, against `val/acc_best`, logged at
-      the first validation, so runs with different settings compare in one table.
-    - IMAGES `val/confusion_matrix`: true class against predicted class on the validation set.
-    - IMAGES `val/misclassified`: validation digits the model got wrong, captioned "true->pred".
-
-    Does nothing without a TensorBoardLogger (validate, test and predict run without a logger).
-    """
+    HPARAMS: the model's and the data's settings against `val/acc_best`, so runs compare in one
+    table. IMAGES `val/confusion_matrix` (true class against predicted) and `val/misclassified`
+    (validation digits the model got wrong, captioned "true->pred"). Nothing without a TensorBoardLogger."""
 
     def __init__(self, max_misclassified: int = 48, metric: str = "val/acc_best") -> None:
         """
@@ -48,21 +41,10 @@ class TensorBoardDashboards(Callback):
         self.metric = metric
         self.confusion = MulticlassConfusionMatrix(NUM_CLASSES)
         self._wrong: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (images, labels, preds)
-        self._wrong_count = 0
         self._hparams_logged = False
 
-    @staticmethod
-    def _logger(trainer: L.Trainer) -> Optional[TensorBoardLogger]:
-        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
-
     def _active(self, trainer: L.Trainer) -> bool:
-        return self._logger(trainer) is not None and not trainer.sanity_checking
-
-    @staticmethod
-    def _step(trainer: L.Trainer) -> int:
-        # The step Lightning logs an epoch's val/* scalars at: that of the last training batch,
-        # which global_step already counts. The pictures and the HPARAMS entry line up with them.
-        return max(trainer.global_step - 1, 0)
+        return tensorboard_logger(trainer) is not None and not trainer.sanity_checking
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._hparams_logged = False  # before a resumed run's checkpoint says otherwise (load_state_dict)
@@ -75,52 +57,44 @@ class TensorBoardDashboards(Callback):
         self._hparams_logged = bool(state_dict.get("hparams_logged", False))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # HPARAMS, once per run, at its first validation: the model's and the data's settings as
-        # given, against the metric's value then, at the step the model logged it, so the value
-        # repeats a point of the curve instead of adding one. TensorBoard shows the metric's
-        # latest value from its scalar curve. (Lightning's own call at fit start logs nothing here:
-        # the logger has default_hp_metric false.)
-        logger = self._logger(trainer)
+        # HPARAMS, once per run, at its first validation, at the step the metric was logged: the
+        # value repeats a point of its curve (TensorBoard shows the curve's latest). Lightning's own
+        # call at fit start logs nothing here: the logger has default_hp_metric false.
+        logger = tensorboard_logger(trainer)
         value = trainer.callback_metrics.get(self.metric)
         if logger is None or trainer.sanity_checking or self._hparams_logged or value is None:
             return
         self._hparams_logged = True
-        params = dict(pl_module.hparams_initial)
-        if trainer.datamodule is not None:
-            params.update(trainer.datamodule.hparams_initial)
+        data = trainer.datamodule.hparams_initial if trainer.datamodule is not None else {}
         # Without LightningCLI's bookkeeping entries (_instantiator, _class_path): they are no settings.
-        params = {k: v for k, v in params.items() if not k.startswith("_")}
-        logger.log_hyperparams(params, {self.metric: float(value)}, step=self._step(trainer))
+        params = {k: v for k, v in {**pl_module.hparams_initial, **data}.items() if not k.startswith("_")}
+        logger.log_hyperparams(params, {self.metric: float(value)}, step=val_step(trainer))
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer):
             return
         self.confusion = self.confusion.to(pl_module.device)
         self.confusion.reset()
-        self._wrong, self._wrong_count = [], 0
+        self._wrong = []
 
-    def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
         if not self._active(trainer):
             return
         images, labels = batch
         preds = outputs["preds"]
         self.confusion.update(preds, labels)
-        room = self.max_misclassified - self._wrong_count
-        if room > 0:
-            wrong = (preds != labels).nonzero().flatten()[:room]
-            if len(wrong):
-                self._wrong.append((images[wrong].cpu(), labels[wrong].cpu(), preds[wrong].cpu()))
-                self._wrong_count += len(wrong)
+        room = self.max_misclassified - sum(len(kept_labels) for _, kept_labels, _ in self._wrong)
+        wrong = (preds != labels).nonzero().flatten()[:room]
+        if len(wrong):
+            self._wrong.append((images[wrong].cpu(), labels[wrong].cpu(), preds[wrong].cpu()))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active(trainer):
             return
         matrix = self.confusion.compute()  # every rank takes part: it syncs across devices
-        experiment = self._logger(trainer).experiment
-        step = self._step(trainer)
+        experiment = tensorboard_logger(trainer).experiment
+        step = val_step(trainer)
         experiment.add_image("val/confusion_matrix", confusion_matrix_image(matrix), step)
         if self._wrong:
             images, labels, preds = (torch.cat(parts) for parts in zip(*self._wrong))
@@ -130,6 +104,16 @@ class TensorBoardDashboards(Callback):
             grid = note_image("no misclassified digits")
         experiment.add_image("val/misclassified", grid, step)
         self._wrong = []
+
+
+def tensorboard_logger(trainer: L.Trainer) -> Optional[TensorBoardLogger]:
+    """None without one: validate, test and predict run without a logger."""
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def val_step(trainer: L.Trainer) -> int:
+    """The step Lightning logs an epoch's val/* scalars at (the last training batch's), for pictures to line up."""
+    return max(trainer.global_step - 1, 0)
 
 
 # The drawing.
@@ -154,17 +138,11 @@ def centred_text(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: s
     draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), text, font=font, fill=fill)
 
 
-def _blend(colour: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
-    """White blended towards colour; amount in [0, 1]."""
-    return tuple(round(255 + (c - 255) * amount) for c in colour)
-
-
 def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
     """A (classes, classes) count matrix, rows true and columns predicted, as a heat map with counts.
 
     A cell's shade is its share of the true class (the row), square-rooted so that a confusion
-    of a few percent still shows; the diagonal is blue, confusions red, empty cells blank.
-    """
+    of a few percent still shows; the diagonal is blue, confusions red, empty cells blank."""
     counts = matrix.detach().long().cpu()
     classes = counts.shape[0]
     share = (counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)).sqrt()
@@ -180,7 +158,8 @@ def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
         for col in range(classes):
             x, y = left + col * CELL, top + row * CELL
             amount = float(share[row, col])
-            fill = _blend(CORRECT_COLOUR if row == col else ERROR_COLOUR, amount)
+            colour = CORRECT_COLOUR if row == col else ERROR_COLOUR
+            fill = tuple(round(255 + (c - 255) * amount) for c in colour)  # white blended towards the colour
             draw.rectangle((x, y, x + CELL, y + CELL), fill=fill, outline=(210, 210, 210))
             if counts[row, col]:
                 ink = "white" if amount > 0.6 else "black"
@@ -189,27 +168,33 @@ def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def note_image(text: str) -> torch.Tensor:
-    """A small picture holding one line of text, for a dashboard that has nothing to show this time."""
+    """One line of text, for a dashboard that has nothing to show this time."""
     image = Image.new("RGB", (240, 30), "black")
     centred_text(ImageDraw.Draw(image), (120, 15), text, text_font(), "white")
     return pil_to_tensor(image)
 
 
-def digit_grid(images: torch.Tensor, captions: list[str], columns: int = 8) -> torch.Tensor:
-    """Digits (N, 28, 28), in any normalization, in a grid with a caption under each.
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Each digit stretched to [0, 1]: undoes any affine normalization without knowing its constants."""
+    flat = images.detach().float().flatten(1)
+    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
+    return ((flat - low) / (high - low).clamp(min=1e-6)).reshape(images.shape)
 
-    Each digit is stretched to its own min..max, which undoes MNIST's affine normalization
-    without having to know its constants.
-    """
-    size = (28 * DIGIT_SCALE, 28 * DIGIT_SCALE)
+
+def digit_picture(digit: torch.Tensor, side: int) -> Image.Image:
+    """One (28, 28) digit, in any normalization, as a side x side RGB picture."""
+    pixels = (unit_range(digit[None])[0] * 255).round().to(torch.uint8).cpu()
+    return to_pil_image(pixels).resize((side, side), Image.Resampling.NEAREST).convert("RGB")
+
+
+def digit_grid(images: torch.Tensor, captions: list[str], columns: int = 8) -> torch.Tensor:
+    """Digits (N, 28, 28), in any normalization, in a grid with a caption under each."""
+    side = 28 * DIGIT_SCALE
     font = text_font()
     tiles = []
-    for digit, caption in zip(images.detach().float().cpu(), captions):
-        low, high = digit.min(), digit.max()
-        pixels = ((digit - low) / (high - low).clamp(min=1e-6) * 255).round().to(torch.uint8)
-        tile = Image.new("RGB", (size[0], size[1] + CAPTION_HEIGHT), "black")
-        tile.paste(to_pil_image(pixels).resize(size, Image.Resampling.NEAREST).convert("RGB"))
-        draw = ImageDraw.Draw(tile)
-        centred_text(draw, (size[0] / 2, size[1] + CAPTION_HEIGHT / 2), caption, font, (255, 215, 0))
+    for digit, caption in zip(images, captions):
+        tile = Image.new("RGB", (side, side + CAPTION_HEIGHT), "black")
+        tile.paste(digit_picture(digit, side))
+        centred_text(ImageDraw.Draw(tile), (side / 2, side + CAPTION_HEIGHT / 2), caption, font, (255, 215, 0))
         tiles.append(pil_to_tensor(tile))
     return make_grid(torch.stack(tiles), nrow=columns, padding=2, pad_value=96)

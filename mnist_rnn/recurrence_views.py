@@ -1,36 +1,21 @@
-"""TensorBoard views of the recurrence: how the network reads, step by step.
+"""`RecurrenceViews`: TensorBoard views of how the network reads, step by step, and their drawing.
 
-`RecurrenceViews` logs four views (docs/dashboards.md is their reading guide):
-
-- IMAGES and TEXT `val/accuracy_by_steps_read`, each validation: validation accuracy had the
-  network stopped after its first k steps (rows, or pixels for sequence=pixels/permuted), k = 1..T,
-  as a curve and as a table. At k = T it is `val/acc`.
-- IMAGES and TEXT `train/gradient_by_step`, every `gradient_every_n_steps` training steps: the
-  size of the loss's gradient with respect to the top layer's hidden state at each step, on one
-  fixed batch of validation digits (log scale): whether the loss still reaches the first steps.
-- IMAGES `val/gates`, each validation: layer 0's gates (LSTM input/forget/output, GRU
-  reset/update) over the steps for a few fixed validation digits, as heat maps beside each digit.
-- PROJECTOR `val/hidden_state`, once at the end of fit: what the head reads (the final hidden
-  state) for fixed validation digits, with the digits as sprites and their labels as metadata.
-
-The network is read through its public methods (`per_step_logits`, `features`, `to_sequence`)
-and its layers' public weights (mnist_rnn/unroll.py). The fixed digits are the first ones of the
-datamodule's validation loader, which is never shuffled, so they are the same at every call and
-in every run with the same data settings. Drawing is Pillow, as in dashboards.py.
-"""
+What each view shows and how to read it: docs/dashboards.md. The network is read through its
+public methods and its layers' public weights (mnist_rnn/unroll.py)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw
+from torchvision.transforms.functional import pil_to_tensor
 
-from mnist_rnn.dashboards import centred_text, text_font
+from mnist_rnn.dashboards import centred_text, digit_picture, tensorboard_logger, text_font, unit_range, val_step
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.unroll import gradient_by_step, unroll
 
@@ -77,49 +62,33 @@ class RecurrenceViews(Callback):
         self._hook: Optional[torch.utils.hooks.RemovableHandle] = None
         self._output: Optional[torch.Tensor] = None
 
-    # Where and what.
-
     @staticmethod
     def _experiment(trainer: L.Trainer):
-        """The TensorBoard SummaryWriter, or None without a TensorBoardLogger (validate, test, predict)."""
-        logger = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        logger = tensorboard_logger(trainer)
         return None if logger is None else logger.experiment
 
     def _fixed_digits(self, trainer: L.Trainer, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first n digits (and labels) of the validation loader; all views' digits are fetched once per fit."""
+        """The first n digits (and labels) of the validation loader, fetched once per fit for all views.
+
+        Never shuffled: the same digits at every call and in every run with the same data settings.
+        The datamodule's loader exists before the first validation; else fit()'s."""
         if self._fixed is None:
             needed = max(self.gradient_digits, self.gate_digits, self.embedding_digits)
-            images, labels, count = [], [], 0
-            # The datamodule's loader where there is one (it exists before the first validation);
-            # else the loader given to fit().
+            images, labels = [], []
             loader = trainer.datamodule.val_dataloader() if trainer.datamodule is not None else trainer.val_dataloaders
             for batch_images, batch_labels in loader:
                 images.append(batch_images)
                 labels.append(batch_labels)
-                count += len(batch_labels)
-                if count >= needed:
+                if sum(map(len, labels)) >= needed:
                     break
             self._fixed = (torch.cat(images)[:needed], torch.cat(labels)[:needed])
         images, labels = self._fixed
         return images[:n].to(device), labels[:n].to(device)
 
-    @staticmethod
-    def _val_step(trainer: L.Trainer) -> int:
-        # The step Lightning logs an epoch's val/* scalars at, as in dashboards.py.
-        return max(trainer.global_step - 1, 0)
-
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fixed, self._last_gradient_step = None, -1
 
     # val/accuracy_by_steps_read
-
-    def _grid(self, steps: int, bidirectional: bool) -> list[int]:
-        # A one-direction network gives every k from one pass. A bidirectional one must read each
-        # cut sequence again (its backward half starts at step k), so it gets at most 28 ks.
-        if not bidirectional:
-            return list(range(1, steps + 1))
-        stride = math.ceil(steps / MAX_TABLE_ROWS)
-        return sorted({1, *range(stride, steps + 1, stride), steps})
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._correct, self._seen = None, 0
@@ -141,10 +110,8 @@ class RecurrenceViews(Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._remove_hook()  # training must not keep its outputs alive
 
-    def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                                batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
         if not self.accuracy_by_steps or trainer.sanity_checking or self._experiment(trainer) is None:
             return
         images, labels = batch
@@ -152,7 +119,7 @@ class RecurrenceViews(Callback):
         # In the precision validation itself runs in, so that k = T repeats val/acc exactly.
         with trainer.precision_plugin.forward_context():
             if net.bidirectional:
-                grid = self._grid(net.to_sequence(images[:1]).shape[1], True)
+                grid = _ks_read(net.to_sequence(images[:1]).shape[1], bidirectional=True)
                 logits = torch.stack([net.head(net.features(images, steps=k)) for k in grid], dim=1)
             elif self._output is not None:
                 logits = net.head(self._output)  # what per_step_logits(images) computes
@@ -171,17 +138,16 @@ class RecurrenceViews(Callback):
             return
         net = pl_module.net
         steps = net.to_sequence(torch.zeros(1, 28, 28, device=pl_module.device)).shape[1]
-        grid = self._grid(steps, net.bidirectional)
+        grid = _ks_read(steps, net.bidirectional)
         accuracy = (correct / seen).tolist()
         unit = "row" if net.sequence == "rows" else "pixel"
-        step = self._val_step(trainer)
+        step = val_step(trainer)
         title = f"validation accuracy after reading the first k {unit}s ({int(seen)} digits)"
-        image = curve_image([("accuracy", (31, 119, 180), grid, accuracy)], title, f"k ({unit}s read)", y_range=(0, 1))
+        image = curve_image([("accuracy", (31, 119, 180), grid, accuracy)], title, f"k ({unit}s read)")
         experiment.add_image("val/accuracy_by_steps_read", image, step)
         listed = set(_table_ks(grid))
-        rows = [(k, a) for k, a in zip(grid, accuracy) if k in listed]
-        table = f"| k ({unit}s read) | accuracy |\n| ---: | ---: |\n" + "".join(f"| {k} | {a:.6f} |\n" for k, a in rows)
-        experiment.add_text("val/accuracy_by_steps_read", table, step)
+        rows = [[str(k), f"{a:.6f}"] for k, a in zip(grid, accuracy) if k in listed]
+        experiment.add_text("val/accuracy_by_steps_read", _markdown_table([f"k ({unit}s read)", "accuracy"], rows), step)
 
     # val/gates, and both validation views' logging
 
@@ -196,9 +162,8 @@ class RecurrenceViews(Callback):
             net = pl_module.net
             with torch.no_grad():
                 unrolled = unroll(net, images.float(), keep_gates=True)
-            answers = unrolled.logits.argmax(dim=1)
-            image = gates_image(images, labels, answers, unrolled.gates, net.sequence)
-            experiment.add_image("val/gates", image, self._val_step(trainer))
+            image = gates_image(images, labels, unrolled.logits.argmax(dim=1), unrolled.gates, net.sequence)
+            experiment.add_image("val/gates", image, val_step(trainer))
 
     # train/gradient_by_step
 
@@ -208,27 +173,25 @@ class RecurrenceViews(Callback):
         step = trainer.global_step
         # Crossing a multiple of n, not landing on it: a Lightning step may take several optimizer
         # steps (model.steps_per_execution), so global_step can jump over it. The first step counts.
-        due = self._last_gradient_step < 0 or step // n > self._last_gradient_step // n if n else False
-        if not due or not trainer.is_global_zero or self._experiment(trainer) is None:
+        due = bool(n) and (self._last_gradient_step < 0 or step // n > self._last_gradient_step // n)
+        if not due or not trainer.is_global_zero or tensorboard_logger(trainer) is None:
             return
         self._last_gradient_step = step
-        images, labels = self._fixed_digits(trainer, self.gradient_digits, pl_module.device)
-        norms = gradient_by_step(pl_module.net, images, labels).cpu()
+        experiment = self._experiment(trainer)
         net = pl_module.net
+        images, labels = self._fixed_digits(trainer, self.gradient_digits, pl_module.device)
+        norms = gradient_by_step(net, images, labels).cpu()
         unit = "row" if net.sequence == "rows" else "pixel"
         names = ["forward", "backward"] if net.bidirectional else ["gradient"]
         colours = [(214, 39, 40), (31, 119, 180)]
         steps = list(range(1, norms.shape[1] + 1))
         series = [(name, colour, steps, values.tolist()) for name, colour, values in zip(names, colours, norms)]
         title = f"|d loss / d hidden state| at each {unit}, mean over {len(labels)} fixed validation digits"
-        experiment = self._experiment(trainer)
         experiment.add_image("train/gradient_by_step", curve_image(series, title, unit, log_y=True), step)
         fingerprint = float(images.double().sum())
         header = f"fixed batch: the first {len(labels)} validation digits (pixel sum {fingerprint:.6f})\n\n"
-        table = f"| {unit} | " + " | ".join(names) + " |\n| ---: |" + " ---: |" * len(names) + "\n"
-        for k in _table_ks(steps):
-            table += f"| {k} | " + " | ".join(f"{float(v[k - 1]):.3e}" for v in norms) + " |\n"
-        experiment.add_text("train/gradient_by_step", header + table, step)
+        rows = [[str(k), *(f"{float(v[k - 1]):.3e}" for v in norms)] for k in _table_ks(steps)]
+        experiment.add_text("train/gradient_by_step", header + _markdown_table([unit, *names], rows), step)
 
     # val/hidden_state
 
@@ -244,7 +207,7 @@ class RecurrenceViews(Callback):
             features = torch.cat([pl_module.net.features(chunk) for chunk in chunks])
         pl_module.train(was_training)
         experiment.add_embedding(
-            features.float().cpu(), metadata=[int(k) for k in labels.cpu()], label_img=_unit_range(images)[:, None].cpu(),
+            features.float().cpu(), metadata=[int(k) for k in labels.cpu()], label_img=unit_range(images)[:, None].cpu(),
             global_step=trainer.global_step, tag="val/hidden_state",
         )  # fmt: skip
 
@@ -257,17 +220,22 @@ def _table_ks(ks: list[int]) -> list[int]:
     return sorted({ks[0], *ks[stride - 1 :: stride], ks[-1]})
 
 
-def _unit_range(images: torch.Tensor) -> torch.Tensor:
-    """Each digit stretched to [0, 1] (undoes the normalization without knowing its constants)."""
-    flat = images.detach().float().flatten(1)
-    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    return ((flat - low) / (high - low).clamp(min=1e-6)).reshape(images.shape)
+def _ks_read(steps: int, bidirectional: bool) -> list[int]:
+    # A one-direction network gives every k from one pass. A bidirectional one must read each
+    # cut sequence again (its backward half starts at step k), so it gets about 28 ks.
+    ks = list(range(1, steps + 1))
+    return _table_ks(ks) if bidirectional else ks
+
+
+def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
+    """A right-aligned markdown table, what a TEXT view shows."""
+    return "".join("| " + " | ".join(cells) + " |\n" for cells in [columns, ["---:"] * len(columns), *rows])
 
 
 # The drawing.
 
 WIDTH, HEIGHT = 600, 300
-MARGIN = dict(left=62, right=16, top=26, bottom=38)
+PLOT = (62, 26, WIDTH - 16, HEIGHT - 38)  # the axes' box (left, top, right, bottom): room for the labels around it
 GRID_COLOUR = (225, 225, 225)
 
 
@@ -279,33 +247,28 @@ def _ticks(low: float, high: float, count: int = 6) -> list[float]:
     return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
 
 
-def curve_image(series, title: str, x_label: str, log_y: bool = False, y_range=None) -> torch.Tensor:
-    """Line chart of [(name, colour, xs, ys), ...] as a (3, H, W) uint8 tensor; log_y: decades on y."""
+def curve_image(series, title: str, x_label: str, log_y: bool = False) -> torch.Tensor:
+    """Line chart of [(name, colour, xs, ys), ...]: y from 0 to 1, or with log_y the decades that hold the ys."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     font = text_font()
-    left, top = MARGIN["left"], MARGIN["top"]
-    right, bottom = WIDTH - MARGIN["right"], HEIGHT - MARGIN["bottom"]
+    left, top, right, bottom = PLOT
     xs_all = [x for _, _, xs, _ in series for x in xs]
     x_low, x_high = min(xs_all), max(max(xs_all), min(xs_all) + 1)
 
     def y_of(value: float) -> float:
         return math.log10(value) if log_y else value
 
-    ys_all = [y_of(y) for _, _, _, ys in series for y in ys if math.isfinite(y) and (y > 0 or not log_y)]
-    if y_range is not None:
-        y_low, y_high = y_range
-    elif log_y:
-        y_low, y_high = (math.floor(min(ys_all)), math.ceil(max(ys_all))) if ys_all else (-1, 0)
+    y_low, y_high = 0, 1
+    if log_y:
+        logs = [y_of(y) for _, _, _, ys in series for y in ys if math.isfinite(y) and y > 0]
+        y_low, y_high = (math.floor(min(logs)), math.ceil(max(logs))) if logs else (-1, 0)
         y_high = max(y_high, y_low + 1)
-    else:
-        y_low, y_high = min(ys_all), max(max(ys_all), min(ys_all) + 1e-6)
     px = lambda x: left + (x - x_low) / (x_high - x_low) * (right - left)  # noqa: E731
     py = lambda y: bottom - (min(max(y, y_low), y_high) - y_low) / (y_high - y_low) * (bottom - top)  # noqa: E731
     centred_text(draw, (WIDTH / 2, top / 2), title, font, "black")
     centred_text(draw, ((left + right) / 2, HEIGHT - 10), x_label, font, "black")
-    y_ticks = _ticks(y_low, y_high) if not log_y else _log_ticks(y_low, y_high)
-    for y in y_ticks:
+    for y in _log_ticks(y_low, y_high) if log_y else _ticks(y_low, y_high):
         draw.line((left, py(y), right, py(y)), fill=GRID_COLOUR)
         label = f"1e{int(y)}" if log_y else f"{y:g}"
         centred_text(draw, (left - 24, py(y)), label, font, "black")
@@ -323,7 +286,7 @@ def curve_image(series, title: str, x_label: str, log_y: bool = False, y_range=N
         if len(series) > 1:
             draw.line((right - 110, top + 12 + 14 * index, right - 90, top + 12 + 14 * index), fill=colour, width=2)
             draw.text((right - 84, top + 5 + 14 * index), name, font=font, fill="black")
-    return _to_tensor(image)
+    return pil_to_tensor(image)
 
 
 def _log_ticks(low: float, high: float) -> list[float]:
@@ -331,13 +294,9 @@ def _log_ticks(low: float, high: float) -> list[float]:
     return [float(d) for d in range(int(low), int(high) + 1, stride)]
 
 
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).reshape(image.height, image.width, 3).permute(2, 0, 1)
-
-
 MAX_COLUMNS = 196  # a gate heat map is at most this many pixels wide: 784 steps are averaged in fours
 UNIT_PIXELS = 112  # the height of a heat map, shared among the hidden units
-GATE_LOW, GATE_HIGH = (20, 20, 60), (255, 220, 40)  # a gate at 0 (closed) and at 1 (open)
+GATE_LOW, GATE_HIGH = torch.tensor((20.0, 20.0, 60.0)), torch.tensor((255.0, 220.0, 40.0))  # a gate at 0 (closed) and at 1 (open)
 
 
 def gates_image(images, labels, answers, gates: list[dict[str, torch.Tensor]], sequence: str) -> torch.Tensor:
@@ -352,19 +311,16 @@ def gates_image(images, labels, answers, gates: list[dict[str, torch.Tensor]], s
     map_w, map_h = columns * step_px, hidden * unit_px
     label_h, gap, digit = 14, 8, 56
     row_h = label_h + max(map_h, digit + 14)
-    maps = len(names) * directions
-    canvas = Image.new("RGB", (digit + gap + maps * (map_w + gap), 20 + row_h * len(labels)), "white")
+    canvas = Image.new("RGB", (digit + gap + len(names) * directions * (map_w + gap), 20 + row_h * len(labels)), "white")
     draw = ImageDraw.Draw(canvas)
     across = "rows" if sequence == "rows" else f"pixels, {math.ceil(steps / columns)} per column" if steps > columns else "pixels"
     centred_text(draw, (canvas.width / 2, 9), f"layer-0 gates: units down, steps ({across}) across; dark 0, yellow 1",
                   font, "black")  # fmt: skip
-    pixels = (_unit_range(images) * 255).round().to(torch.uint8).cpu()
-    for row, (digit_pixels, label, answer) in enumerate(zip(pixels, labels.tolist(), answers.tolist())):
+    for row, (image, label, answer) in enumerate(zip(images, labels.tolist(), answers.tolist())):
         y = 20 + row * row_h
-        tile = Image.fromarray(digit_pixels.numpy(), mode="L").resize((digit, digit), Image.Resampling.NEAREST)
-        canvas.paste(tile.convert("RGB"), (0, y + label_h))
+        canvas.paste(digit_picture(image, digit), (0, y + label_h))
         centred_text(draw, (digit / 2, y + label_h + digit + 7), f"{label}, says {answer}", font, "black")
-        for index, (direction, name) in enumerate((d, n) for d in range(directions) for n in names):
+        for index, (direction, name) in enumerate(itertools.product(range(directions), names)):
             x = digit + gap + index * (map_w + gap)
             values = gates[direction][name][row].float().T.cpu()  # (hidden, steps)
             if steps > columns:  # average neighbouring steps down to the width
@@ -373,12 +329,10 @@ def gates_image(images, labels, answers, gates: list[dict[str, torch.Tensor]], s
             canvas.paste(heat, (x, y + label_h))
             arrow = "" if directions == 1 else (" (forward)" if direction == 0 else " (backward)")
             centred_text(draw, (x + map_w / 2, y + label_h / 2), name + arrow, font, "black")
-    return _to_tensor(canvas)
+    return pil_to_tensor(canvas)
 
 
 def _heat(values: torch.Tensor) -> Image.Image:
     """(rows, columns) in [0, 1] -> an RGB image blended from GATE_LOW to GATE_HIGH."""
-    amount = values.clamp(0, 1)[..., None]
-    low, high = torch.tensor(GATE_LOW, dtype=torch.float32), torch.tensor(GATE_HIGH, dtype=torch.float32)
-    rgb = (low + (high - low) * amount).round().to(torch.uint8)
-    return Image.fromarray(rgb.numpy(), mode="RGB")
+    rgb = GATE_LOW + (GATE_HIGH - GATE_LOW) * values.clamp(0, 1)[..., None]
+    return Image.fromarray(rgb.round().to(torch.uint8).numpy())

@@ -1,18 +1,13 @@
-"""The recurrent layers stepped by hand from their own weights, to look inside them.
+"""The recurrent layers stepped by hand from their own public weights, to look inside them.
 
-`nn.LSTM` and `nn.GRU` run the whole sequence in one fused call: their gates and the hidden
-state of each step never exist as tensors one can read or differentiate. `unroll` recomputes the
-same network one step at a time from the layers' public parameters (`weight_ih_l0`,
-`weight_hh_l0`, `bias_ih_l0`, `bias_hh_l0`, and `_l1`, `_reverse`, ... for deeper or
-bidirectional stacks), which gives both: the gates of layer 0 at every step, and the top layer's
-hidden state at every step as a node of the autograd graph, so the loss's gradient with respect to
-each one can be taken. It is slow (a Python loop over the steps), so it is meant for a few digits
-or one fixed batch, not for training. Dropout between layers is left out (the network in eval mode).
-"""
+`nn.LSTM` and `nn.GRU` run the whole sequence in one fused call, so their per-step gates and hidden
+states are never tensors one can read or differentiate. `unroll` recomputes them one step at a time:
+layer 0's gates, and the top layer's states as autograd nodes for the loss's gradient. A Python loop
+over the steps: for a few digits or one fixed batch, not for training. No dropout (eval mode)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,27 +28,16 @@ class Unrolled:
     # direction, in time order (direction 1, when present, reads from the last step back).
     states: list[list[torch.Tensor]]
     # Layer 0's gates, per direction: {name: (batch, steps, hidden)} with values in [0, 1].
-    gates: list[dict[str, torch.Tensor]] = field(default_factory=list)
-
-
-def cell_kind(rnn: nn.Module) -> str:
-    return "lstm" if isinstance(rnn, nn.LSTM) else "gru"
-
-
-def _parameters(rnn: nn.Module, layer: int, reverse: bool) -> tuple[torch.Tensor, ...]:
-    suffix = f"_l{layer}" + ("_reverse" if reverse else "")
-    return tuple(getattr(rnn, name + suffix) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    gates: list[dict[str, torch.Tensor]]
 
 
 def _run_direction(kind: str, inputs: torch.Tensor, params, reverse: bool, keep_gates: bool):
     """One layer, one direction: (batch, steps, features) -> per-step states in time order, gates."""
     w_ih, w_hh, b_ih, b_hh = params
     batch, steps, _ = inputs.shape
-    hidden = w_hh.shape[1]
     # The input's share of every step at once: one matmul instead of one per step.
     from_input = inputs @ w_ih.T + b_ih
-    h = inputs.new_zeros(batch, hidden)
-    c = inputs.new_zeros(batch, hidden)
+    h = c = inputs.new_zeros(batch, w_hh.shape[1])  # (batch, hidden)
     states: list[torch.Tensor] = [h] * steps
     gates: dict[str, list[torch.Tensor]] = {name: [h] * steps for name in GATES[kind]} if keep_gates else {}
     for t in range(steps - 1, -1, -1) if reverse else range(steps):
@@ -79,18 +63,18 @@ def unroll(net: RecurrentNet, images: torch.Tensor, keep_gates: bool = False) ->
     """Step `net` by hand over normalized images (batch, 28, 28), in the dtype of `images`.
 
     The weights are cast to that dtype, so a float64 batch runs in float64 (the gradient view does,
-    so that gradients that vanish over 784 steps stay positive instead of underflowing to zero).
-    """
+    so that gradients that vanish over 784 steps stay positive instead of underflowing to zero)."""
     rnn = net.rnn
-    kind = cell_kind(rnn)
+    kind = "lstm" if isinstance(rnn, nn.LSTM) else "gru"
     directions = 2 if rnn.bidirectional else 1
     inputs = net.to_sequence(images)
-    per_direction: list[list[torch.Tensor]] = []
     gates: list[dict[str, torch.Tensor]] = []
     for layer in range(rnn.num_layers):
-        per_direction = []
+        per_direction: list[list[torch.Tensor]] = []
         for direction in range(directions):
-            params = tuple(p.to(inputs.dtype) for p in _parameters(rnn, layer, reverse=direction == 1))
+            # The layers' public parameters: weight_ih_l0, ..., bias_hh_l1_reverse.
+            suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+            params = [getattr(rnn, name + suffix).to(inputs.dtype) for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             states, layer_gates = _run_direction(kind, inputs, params, direction == 1, keep_gates and layer == 0)
             per_direction.append(states)
             if layer == 0 and keep_gates:
@@ -99,23 +83,19 @@ def unroll(net: RecurrentNet, images: torch.Tensor, keep_gates: bool = False) ->
         inputs = torch.cat([torch.stack(states, dim=1) for states in per_direction], dim=2)
     # As forward(): the forward direction's state after the last step, the backward one's after step 0.
     final = [per_direction[0][-1]] + ([per_direction[1][0]] if directions == 2 else [])
-    head = net.head
-    logits = torch.cat(final, dim=1) @ head.weight.to(inputs.dtype).T + head.bias.to(inputs.dtype)
+    logits = torch.cat(final, dim=1) @ net.head.weight.to(inputs.dtype).T + net.head.bias.to(inputs.dtype)
     return Unrolled(logits=logits, states=per_direction, gates=gates)
 
 
 def gradient_by_step(net: RecurrentNet, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """(directions, steps): the mean over the digits of |d loss_i / d h_t| for the top layer's state.
 
-    loss_i is digit i's cross-entropy, so a digit's gradient does not shrink with the batch size.
-    The network's own gradients (`.grad`) are left untouched: torch.autograd.grad returns these
-    and accumulates nothing.
-    """
+    loss_i is digit i's cross-entropy: a digit's gradient does not shrink with the batch size.
+    torch.autograd.grad accumulates nothing, so the network's own `.grad` is left untouched."""
     with torch.enable_grad():
         unrolled = unroll(net, images.double())
         loss = nn.functional.cross_entropy(unrolled.logits, labels, reduction="sum")
         flat = [h for states in unrolled.states for h in states]
         grads = torch.autograd.grad(loss, flat, allow_unused=True)
-    steps = len(unrolled.states[0])
     norms = [g.norm(dim=1).mean() if g is not None else flat[0].new_zeros(()) for g in grads]
-    return torch.stack(norms).reshape(len(unrolled.states), steps).detach()
+    return torch.stack(norms).reshape(len(unrolled.states), -1).detach()
