@@ -41,9 +41,6 @@ CHECK_BATCH = 1000
 class PixelsToProbabilities(PixelsToLogits):
     """The exported graph: uint8 pixels (batch, 28, 28) -> probabilities (batch, 10), normalization inside."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        super().__init__(loaded.model, loaded.mean, loaded.std)
-
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return super().forward(pixels).softmax(dim=1)
 
@@ -51,8 +48,9 @@ class PixelsToProbabilities(PixelsToLogits):
 def run(args: argparse.Namespace) -> None:
     if not 1 <= args.check_images <= CHECK_IMAGES:
         raise ConfigError(f"--check_images must lie in 1..{CHECK_IMAGES}, got {args.check_images}")
-    targets = [Path(args.output).expanduser()] + ([Path(args.pt2).expanduser()] if args.pt2 else [])
-    for target in targets:
+    onnx_file = Path(args.output).expanduser()
+    pt2_file = Path(args.pt2).expanduser() if args.pt2 else None
+    for target in filter(None, [onnx_file, pt2_file]):
         check_target(target, args.overwrite)
     loaded = load_model(bundled.resolve(args.ckpt_path))
     images, labels = load_split("test")
@@ -60,7 +58,6 @@ def run(args: argparse.Namespace) -> None:
     # The checkpoint's answers as `mnist-rnn predict` computes them (data.normalize, predict_step).
     reference = torch.cat([answer(loaded, chunk)[0] for chunk in images.split(CHECK_BATCH)])
     accuracy = float((reference.argmax(dim=1) == labels).float().mean())
-    onnx_file = targets[0]
     write_checked(onnx_file, export_onnx, onnx_runner, "ONNX Runtime", loaded, images, reference, args.overwrite)
     print(
         f"exported {loaded.path} to {onnx_file}\n"
@@ -68,8 +65,7 @@ def run(args: argparse.Namespace) -> None:
         "  output probabilities: float32 (batch, 10)",
         flush=True,
     )
-    if args.pt2:
-        pt2_file = targets[1]
+    if pt2_file:
         write_checked(pt2_file, export_pt2, pt2_runner, "torch.export", loaded, images, reference, args.overwrite)
         print(f"exported {loaded.path} to {pt2_file} (torch.export program, same input and output)", flush=True)
     print(f"PyTorch's accuracy on these {len(labels):,} images: {accuracy:.4f}", flush=True)
@@ -102,8 +98,9 @@ def check_target(target: Path, overwrite: bool) -> None:
 
 def _traced(loaded: LoadedModel) -> tuple[nn.Module, tuple[torch.Tensor], dict]:
     """What both exporters trace: the module, an example input, and its dynamic batch axis."""
+    module = PixelsToProbabilities(loaded.model, loaded.mean, loaded.std).eval()
     example = torch.zeros(2, IMAGE_SIDE, IMAGE_SIDE, dtype=torch.uint8)  # 2: torch.export specializes a size of 1
-    return PixelsToProbabilities(loaded).eval(), (example,), {"pixels": {0: torch.export.Dim("batch", min=1)}}
+    return module, (example,), {"pixels": {0: torch.export.Dim("batch", min=1)}}
 
 
 @contextlib.contextmanager
