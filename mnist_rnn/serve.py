@@ -93,17 +93,6 @@ def address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def model_info(loaded: LoadedModel) -> dict[str, Any]:
-    """What GET /model says."""
-    return {
-        "checkpoint": str(loaded.path),
-        "settings": loaded.settings,
-        "normalization": {"mean": loaded.mean, "std": loaded.std},
-        "training": loaded.training,
-        "per_step_view": asdict(loaded.view),
-    }
-
-
 def describe(loaded: LoadedModel, digit: torch.Tensor) -> dict[str, Any]:
     """The JSON answer for one MNIST-like digit (28, 28) uint8."""
     reply: dict[str, Any] = {"prediction": None, "confidence": None, "probabilities": None, "per_step": None}
@@ -126,9 +115,7 @@ def describe(loaded: LoadedModel, digit: torch.Tensor) -> dict[str, Any]:
     reply["nothing_drawn"] = blank
     if blank:
         reply["message"] = NOTHING_DRAWN
-    reply["image28"] = digit.tolist()
-    reply["model"] = {**loaded.settings, "mean": loaded.mean, "std": loaded.std}
-    return reply
+    return {**reply, "image28": digit.tolist(), "model": {**loaded.settings, "mean": loaded.mean, "std": loaded.std}}
 
 
 def too_large(limit: int) -> HTTPException:
@@ -175,7 +162,13 @@ async def upload_of(request: Request, limit: int) -> bytes:
 def create_app(loaded: LoadedModel, max_upload_bytes: int = 10_000_000) -> FastAPI:
     app = FastAPI(title="mnist-rnn", description="Draw a digit; see how the recurrent model reads it.", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
-    info = model_info(loaded)
+    info = {  # what GET /model says
+        "checkpoint": str(loaded.path),
+        "settings": loaded.settings,
+        "normalization": {"mean": loaded.mean, "std": loaded.std},
+        "training": loaded.training,
+        "per_step_view": asdict(loaded.view),
+    }
     # Decoding and inference run in at most one thread per core, the requests waiting their turn in
     # arrival order: more threads than cores only fight over the cores and the GIL.
     workers = anyio.CapacityLimiter(cores())
