@@ -1,13 +1,10 @@
 """`mnist-rnn export`: a checkpoint's model as an ONNX file (and a torch.export program), checked against PyTorch.
 
-The graph takes uint8 `pixels` (batch, 28, 28), 0..255, white ink on black as in MNIST's files, does
-the normalization itself and returns float32 `probabilities` (batch, 10); the batch axis is dynamic.
-Other pictures of digits must first be made MNIST-like by `mnist_rnn.images.read_digit`, as in `predict`.
-
 The ONNX file is written by torch.onnx.export's default exporter since torch 2.9, the torch.export-based
 one ("dynamo", which needs onnxscript, installed with mnist-rnn); the TorchScript one is deprecated.
 Only a file that ONNX Runtime runs on the official test images with PyTorch's class for every one, and
 probabilities within MAX_PROBABILITY_GAP, is moved into place; nothing is overwritten without --overwrite.
+The graph's input and output: PixelsToProbabilities, and docs/export.md.
 """
 
 from __future__ import annotations

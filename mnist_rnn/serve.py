@@ -1,14 +1,10 @@
 """`mnist-rnn serve`: draw a digit in the browser and watch the model read it row by row (docs/serve.md).
 
-A FastAPI app (on 127.0.0.1 unless told otherwise) that loads the checkpoint once and serves `GET /`
-(mnist_rnn/serve_page/, nothing from the network), `POST /predict` (an image file as the multipart
-field `file` or as the raw body), `GET /model` and `GET /health`.
-
-Concurrency: uvicorn's event loop receives requests; decoding and inference run in worker threads,
-at most one per core, in arrival order. No lock is needed and answers cannot mix: each request has
-its own tensors, `torch.inference_mode` is per thread, and the one forward that writes (nn.LSTM
-caching its flat weights) ran at load time. Torch uses one thread per request: a single image is
-bound by per-operation overhead, and concurrent requests keep the cores busy instead.
+The checkpoint is loaded once. Concurrency: uvicorn's event loop receives the requests; decoding and
+inference run in worker threads, at most one per core, in arrival order. No lock is needed and answers
+cannot mix: each request has its own tensors, `torch.inference_mode` is per thread, and the one forward
+that writes (nn.LSTM caching its flat weights) ran at load time. Torch uses one thread per request: a
+single image is bound by per-operation overhead, and concurrent requests keep the cores busy instead.
 """
 
 from __future__ import annotations
@@ -78,13 +74,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as err:
         sock.close()
-        if err.errno == errno.EADDRINUSE:
-            raise ServeError(f"port {port} on {host} is already in use; stop what listens there or pass another --port") from None
-        if err.errno == errno.EACCES:
-            raise ServeError(f"port {port} on {host} needs privileges; pass a --port above 1023") from None
-        if err.errno == errno.EADDRNOTAVAIL:
-            raise ServeError(f"--host {host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface") from None
-        raise ServeError(f"cannot listen on {host}:{port} ({err.strerror or err}); pass another --host or --port") from None
+        reason = {
+            errno.EADDRINUSE: f"port {port} on {host} is already in use; stop what listens there or pass another --port",
+            errno.EACCES: f"port {port} on {host} needs privileges; pass a --port above 1023",
+            errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface",
+        }.get(err.errno, f"cannot listen on {host}:{port} ({err.strerror or err}); pass another --host or --port")
+        raise ServeError(reason) from None
     return sock
 
 
