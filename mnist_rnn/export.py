@@ -1,19 +1,10 @@
 """`mnist-rnn export`: a checkpoint's model as an ONNX file (and a torch.export program), checked against PyTorch.
 
-The exported graph takes what an image file holds: `pixels`, uint8 (batch, 28, 28), 0..255,
-white ink on black like MNIST's own files, and does the normalization itself (with the mean
-and standard deviation the model was trained with); it returns `probabilities`, float32
-(batch, 10). The batch axis is dynamic. A digit photographed or drawn by hand must first be
-made MNIST-like (cropped, scaled to 20 px, centred): `mnist_rnn.images.read_digit` does that,
-as in `mnist-rnn predict`.
-
-The ONNX file is written by `torch.onnx.export`'s default exporter since torch 2.9, the
-torch.export-based one ("dynamo"), which needs onnxscript (installed with mnist-rnn from PyPI,
-no network at export time). The TorchScript-based exporter (`dynamo=False`) is deprecated.
-
-Right after exporting, ONNX Runtime runs the file on the official test images and must give the
-same class as PyTorch for every one, with probabilities within MAX_PROBABILITY_GAP; only then is
-the file moved into place. Nothing the user has is overwritten without --overwrite.
+The ONNX file is written by torch.onnx.export's default exporter since torch 2.9, the torch.export-based
+one ("dynamo", which needs onnxscript, installed with mnist-rnn); the TorchScript one is deprecated.
+Only a file that ONNX Runtime runs on the official test images with PyTorch's class for every one, and
+probabilities within MAX_PROBABILITY_GAP, is moved into place; nothing is overwritten without --overwrite.
+The graph's input and output: PixelsToProbabilities, and docs/export.md.
 """
 
 from __future__ import annotations
@@ -28,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from mnist_rnn import bundled
 from mnist_rnn.commands import CHECK_IMAGES  # the option and its range come from the command line
@@ -46,9 +38,6 @@ CHECK_BATCH = 1000
 class PixelsToProbabilities(PixelsToLogits):
     """The exported graph: uint8 pixels (batch, 28, 28) -> probabilities (batch, 10), normalization inside."""
 
-    def __init__(self, loaded: LoadedModel) -> None:
-        super().__init__(loaded.model, loaded.mean, loaded.std)
-
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return super().forward(pixels).softmax(dim=1)
 
@@ -56,38 +45,35 @@ class PixelsToProbabilities(PixelsToLogits):
 def run(args: argparse.Namespace) -> None:
     if not 1 <= args.check_images <= CHECK_IMAGES:
         raise ConfigError(f"--check_images must lie in 1..{CHECK_IMAGES}, got {args.check_images}")
-    targets = [Path(args.output).expanduser()] + ([Path(args.pt2).expanduser()] if args.pt2 else [])
-    for target in targets:
+    onnx_file = Path(args.output).expanduser()
+    pt2_file = Path(args.pt2).expanduser() if args.pt2 else None
+    for target in filter(None, [onnx_file, pt2_file]):
         check_target(target, args.overwrite)
     loaded = load_model(bundled.resolve(args.ckpt_path))
     images, labels = load_split("test")
     images, labels = images[: args.check_images], labels[: args.check_images]
-    reference = pytorch_probabilities(loaded, images)
+    # The checkpoint's answers as `mnist-rnn predict` computes them (data.normalize, predict_step).
+    reference = torch.cat([answer(loaded, chunk)[0] for chunk in images.split(CHECK_BATCH)])
     accuracy = float((reference.argmax(dim=1) == labels).float().mean())
-
-    onnx_file = targets[0]
-    write_checked(onnx_file, lambda path: export_onnx(loaded, path), f"ONNX Runtime ({onnx_file.name})",
-                  onnx_runner, images, reference, args.overwrite)  # fmt: skip
+    write_checked(onnx_file, export_onnx, onnx_runner, "ONNX Runtime", loaded, images, reference, args.overwrite)
     print(
         f"exported {loaded.path} to {onnx_file}\n"
         "  input  pixels: uint8 (batch, 28, 28), 0..255, white ink on black as in MNIST; normalization is inside\n"
         "  output probabilities: float32 (batch, 10)",
         flush=True,
     )
-    if args.pt2:
-        pt2_file = targets[1]
-        write_checked(pt2_file, lambda path: export_pt2(loaded, path), f"torch.export ({pt2_file.name})",
-                      pt2_runner, images, reference, args.overwrite)  # fmt: skip
+    if pt2_file:
+        write_checked(pt2_file, export_pt2, pt2_runner, "torch.export", loaded, images, reference, args.overwrite)
         print(f"exported {loaded.path} to {pt2_file} (torch.export program, same input and output)", flush=True)
     print(f"PyTorch's accuracy on these {len(labels):,} images: {accuracy:.4f}", flush=True)
 
 
-def write_checked(target: Path, export, what: str, runner, images, reference, overwrite: bool) -> None:
+def write_checked(target: Path, export, runner, what: str, loaded: LoadedModel, images, reference, overwrite: bool) -> None:
     """Export under a hidden name, check the file against PyTorch, and only then give it its name."""
     try:
         with staged(target, suffix=target.suffix, overwrite=overwrite) as staging:
-            export(staging)
-            check(what, runner(staging), images, reference)
+            export(loaded, staging)
+            check(f"{what} ({target.name})", runner(staging), images, reference)
     except FileExistsError:
         raise ExportError(f"{target} appeared while exporting; pass --overwrite to replace it, or choose another file name") from None
     except OSError as err:  # named as the file asked for, not its hidden stand-in
@@ -107,8 +93,11 @@ def check_target(target: Path, overwrite: bool) -> None:
         raise ExportError(f"cannot write into {target.parent} (permission denied); choose another place")
 
 
-def example_pixels(batch: int = 2) -> torch.Tensor:
-    return torch.zeros(batch, IMAGE_SIDE, IMAGE_SIDE, dtype=torch.uint8)
+def _traced(loaded: LoadedModel) -> tuple[nn.Module, tuple[torch.Tensor], dict]:
+    """What both exporters trace: the module, an example input, and its dynamic batch axis."""
+    module = PixelsToProbabilities(loaded.model, loaded.mean, loaded.std).eval()
+    example = torch.zeros(2, IMAGE_SIDE, IMAGE_SIDE, dtype=torch.uint8)  # 2: torch.export specializes a size of 1
+    return module, (example,), {"pixels": {0: torch.export.Dim("batch", min=1)}}
 
 
 @contextlib.contextmanager
@@ -119,32 +108,23 @@ def _quiet():
         yield
 
 
-def _dynamic_batch() -> dict:
-    return {"pixels": {0: torch.export.Dim("batch", min=1)}}
-
-
 def export_onnx(loaded: LoadedModel, path: Path) -> None:
-    module = PixelsToProbabilities(loaded).eval()
+    module, example, dynamic = _traced(loaded)
     with _quiet():
         program = torch.onnx.export(
-            module, (example_pixels(),), input_names=["pixels"], output_names=["probabilities"],
-            dynamic_shapes=_dynamic_batch(), dynamo=True, verbose=False, report=False,
+            module, example, input_names=["pixels"], output_names=["probabilities"],
+            dynamic_shapes=dynamic, dynamo=True, verbose=False, report=False,
         )
         program.save(str(path))
 
 
 def export_pt2(loaded: LoadedModel, path: Path) -> None:
-    module = PixelsToProbabilities(loaded).eval()
+    module, example, dynamic = _traced(loaded)
     with _quiet():
-        program = torch.export.export(module, (example_pixels(),), dynamic_shapes=_dynamic_batch())
+        program = torch.export.export(module, example, dynamic_shapes=dynamic)
         archive = io.BytesIO()  # in memory first: torch's archive writer aborts the process on a full disk (torch 2.14)
         torch.export.save(program, archive)
     path.write_bytes(archive.getbuffer())
-
-
-def pytorch_probabilities(loaded: LoadedModel, images: torch.Tensor) -> torch.Tensor:
-    """The checkpoint's answers as `mnist-rnn predict` computes them (data.normalize, predict_step)."""
-    return torch.cat([answer(loaded, chunk)[0] for chunk in images.split(CHECK_BATCH)])
 
 
 def onnx_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
@@ -165,16 +145,12 @@ def pt2_runner(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     return run_pt2
 
 
-def compare(runner: Callable[[np.ndarray], np.ndarray], images: torch.Tensor, reference: torch.Tensor) -> tuple[int, float]:
-    """(images whose class differs from reference, largest probability difference)."""
+def check(what: str, runner: Callable[[np.ndarray], np.ndarray], images: torch.Tensor, reference: torch.Tensor) -> None:
+    """An ExportError unless the runner gives reference's class for every image, probabilities within MAX_PROBABILITY_GAP."""
     answers = np.concatenate([runner(chunk.numpy()) for chunk in images.split(CHECK_BATCH)])
     expected = reference.numpy()
     differing = int((answers.argmax(axis=1) != expected.argmax(axis=1)).sum())
-    return differing, float(np.abs(answers - expected).max())
-
-
-def check(what: str, runner: Callable[[np.ndarray], np.ndarray], images: torch.Tensor, reference: torch.Tensor) -> None:
-    differing, gap = compare(runner, images, reference)
+    gap = float(np.abs(answers - expected).max())
     n = len(images)
     print(
         f"{what} vs PyTorch on {n:,} official test images: same class for {n - differing:,}/{n:,},"

@@ -1,10 +1,7 @@
-"""A checkpoint as a model ready to answer, and images as its answers: what `serve` and `export` share.
+"""A checkpoint loaded once as a model ready to answer, and images as its answers: what `serve` and `export` share.
 
-The checkpoint is read through `checkpoints.read_checkpoint` (tensors only, never pickled code),
-the model is built from the settings it was saved with, and an image reaches it by the same
-steps as in `mnist-rnn predict`: `images.read_digit` (MNIST's cropping, scaling and centring),
-`data.normalize` with the mean and standard deviation of the training data, then the model's
-own `predict_step`.
+An image reaches the model as in `mnist-rnn predict`: `images.read_digit`, `data.normalize` with
+the training data's mean and std, then the model's own `predict_step`.
 """
 
 from __future__ import annotations
@@ -18,7 +15,6 @@ from torch import nn
 
 from mnist_rnn import checkpoints
 from mnist_rnn.data import NO_LABEL, normalize, saved_normalization
-from mnist_rnn.images import read_digit
 from mnist_rnn.model import RecurrentClassifier
 from mnist_rnn.network import IMAGE_SIDE
 
@@ -46,10 +42,9 @@ class LoadedModel:
 
 
 class PixelsToLogits(nn.Module):
-    """A model as a program outside this project uses it: pixels in, logits out, normalization inside.
+    """Pixels in, logits out, normalization inside: the model as the ONNX file holds it (docs/export.md).
 
-    Input: pixels (batch, 28, 28), uint8 or float, 0..255, white ink on black as in MNIST's files
-    (the input of the ONNX file, docs/export.md). Output: logits (batch, 10), float32.
+    Pixels (batch, 28, 28), uint8 or float, 0..255, white ink on black as in MNIST's files; logits (batch, 10), float32.
     """
 
     def __init__(self, model: RecurrentClassifier, mean: float, std: float) -> None:
@@ -77,12 +72,11 @@ def training_state(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """Where training was when the checkpoint was written, and the best score its ModelCheckpoint saw."""
     state: dict[str, Any] = {"epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step")}
     for name, callback in (checkpoint.get("callbacks") or {}).items():
-        if not (str(name).startswith("ModelCheckpoint") and isinstance(callback, dict)):
-            continue
-        score = _number(callback.get("best_model_score"))
-        if callback.get("monitor") and score is not None:
-            state["best"] = {"monitor": callback["monitor"], "score": score}
-            break
+        if str(name).startswith("ModelCheckpoint") and isinstance(callback, dict):
+            score = _number(callback.get("best_model_score"))
+            if callback.get("monitor") and score is not None:
+                state["best"] = {"monitor": callback["monitor"], "score": score}
+                break
     return state
 
 
@@ -130,10 +124,9 @@ def load_model(path: Union[str, Path]) -> LoadedModel:
 
 
 def answer(loaded: LoadedModel, digits: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Probabilities (N, 10) for MNIST-like uint8 digits (N, 28, 28), and the running answer (N, steps, 10).
+    """Probabilities (N, 10) of uint8 digits (N, 28, 28) by predict_step, as in `mnist-rnn predict`.
 
-    The probabilities come from the model's predict_step, as in `mnist-rnn predict`; the running
-    answer holds the steps of `loaded.view` (None when the model has none to show).
+    Also the running answer (N, steps, 10) at the steps of `loaded.view`, None when it has none to show.
     """
     images = normalize(digits, loaded.mean, loaded.std)
     labels = torch.full((len(digits),), NO_LABEL, dtype=torch.int64)
@@ -145,7 +138,3 @@ def answer(loaded: LoadedModel, digits: torch.Tensor) -> tuple[torch.Tensor, Opt
             per_step = loaded.model.per_step_logits(images)[:, index].float().softmax(dim=-1)
     return probs, per_step
 
-
-def read_upload(data: bytes) -> torch.Tensor:
-    """The bytes of an image file as an MNIST digit (28, 28) uint8, exactly as `predict` reads a file."""
-    return read_digit(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -39,8 +40,7 @@ class PredictionCSVWriter(BasePredictionWriter):
         self._staging: Optional[Path] = None
         self._claimed: Optional[Path] = None  # the default file name this run took
         self._csv = None
-        self._rows = 0
-        self._correct = 0
+        self._rows = self._correct = 0
         self._labelled = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -74,15 +74,12 @@ class PredictionCSVWriter(BasePredictionWriter):
             return path
         folder = Path("predictions")
         folder.mkdir(exist_ok=True)
-        number = 0
-        while True:
+        for number in itertools.count():
             path = folder / f"predictions_{number}.csv"
-            try:
+            with contextlib.suppress(FileExistsError):
                 path.open("x").close()  # "x": never replace an earlier file; the empty file holds the name
                 self._claimed = path
                 return path
-            except FileExistsError:
-                number += 1
 
     @contextlib.contextmanager
     def _writing(self):
@@ -142,10 +139,9 @@ class PredictionCSVWriter(BasePredictionWriter):
             self._close()
             commit(self._staging, self.path)
         self._staging = self._claimed = None
-        lines = [f"predictions for {self._rows} images: {self.path}"]
+        print(f"predictions for {self._rows} images: {self.path}", flush=True)
         if self._labelled and self._rows:
-            lines.append(f"accuracy: {self._correct / self._rows:.4f} ({self._correct}/{self._rows})")
-        print("\n".join(lines), flush=True)
+            print(f"accuracy: {self._correct / self._rows:.4f} ({self._correct}/{self._rows})", flush=True)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._discard()

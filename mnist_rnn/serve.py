@@ -1,21 +1,10 @@
-"""`mnist-rnn serve`: draw a digit in the browser and watch the model read it row by row.
+"""`mnist-rnn serve`: draw a digit in the browser and watch the model read it row by row (docs/serve.md).
 
-A FastAPI app served by uvicorn on 127.0.0.1 unless told otherwise. It loads the checkpoint
-once and answers:
-
-- `GET /`: the page (mnist_rnn/serve_page/, plain HTML, CSS and JavaScript; nothing from the network);
-- `POST /predict`: an image file, as multipart form data (field `file`) or as the raw request body,
-  answered with the prediction, the ten probabilities, the answer after each row and the
-  28x28 image the model saw;
-- `GET /model`: the checkpoint's model settings and training state; `GET /health`.
-
-Concurrency: requests are received at once in uvicorn's event loop; their decoding and inference
-run in worker threads, at most one per core, taken in arrival order. Nothing is shared between
-requests but the model, which only reads its weights: every request has its own tensors,
-inference runs under `torch.inference_mode` (a per-thread switch), and the one forward that
-writes (nn.LSTM caching its flat weights after they were loaded) has run once at load time. So
-no lock is needed and answers cannot mix. Torch uses one thread per request: a single image is
-bound by per-operation overhead, and concurrent requests keep the cores busy instead.
+The checkpoint is loaded once. Concurrency: uvicorn's event loop receives the requests; decoding and
+inference run in worker threads, at most one per core, in arrival order. No lock is needed and answers
+cannot mix: each request has its own tensors, `torch.inference_mode` is per thread, and the one forward
+that writes (nn.LSTM caching its flat weights) ran at load time. Torch uses one thread per request: a
+single image is bound by per-operation overhead, and concurrent requests keep the cores busy instead.
 """
 
 from __future__ import annotations
@@ -24,6 +13,7 @@ import argparse
 import errno
 import signal
 import socket
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +28,8 @@ from starlette.datastructures import UploadFile
 from mnist_rnn import bundled
 from mnist_rnn.errors import ConfigError, PredictInputError, ServeError
 from mnist_rnn.hardware import cores
-from mnist_rnn.inference import LoadedModel, answer, load_model, read_upload
+from mnist_rnn.images import read_digit
+from mnist_rnn.inference import LoadedModel, answer, load_model
 
 PAGE_DIR = Path(__file__).parent / "serve_page"
 # Room for a multipart form's boundaries and part headers around a file of the largest allowed size.
@@ -58,8 +49,8 @@ def run(args: argparse.Namespace) -> None:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     print(f"mnist-rnn serve: {loaded.path} at {address(sock)}  (Ctrl-C stops)", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the handler
-    # that was there before: both end here, without a traceback.
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # that was there before: both end here (as KeyboardInterrupt), without a traceback.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:
@@ -68,10 +59,6 @@ def run(args: argparse.Namespace) -> None:
         signal.signal(signal.SIGTERM, previous)
         sock.close()
     print("mnist-rnn serve: stopped", flush=True)
-
-
-def _raise_keyboard_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -87,13 +74,12 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.listen(2048)
     except OSError as err:
         sock.close()
-        if err.errno == errno.EADDRINUSE:
-            raise ServeError(f"port {port} on {host} is already in use; stop what listens there or pass another --port") from None
-        if err.errno == errno.EACCES:
-            raise ServeError(f"port {port} on {host} needs privileges; pass a --port above 1023") from None
-        if err.errno == errno.EADDRNOTAVAIL:
-            raise ServeError(f"--host {host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface") from None
-        raise ServeError(f"cannot listen on {host}:{port} ({err.strerror or err}); pass another --host or --port") from None
+        reason = {
+            errno.EADDRINUSE: f"port {port} on {host} is already in use; stop what listens there or pass another --port",
+            errno.EACCES: f"port {port} on {host} needs privileges; pass a --port above 1023",
+            errno.EADDRNOTAVAIL: f"--host {host} is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface",
+        }.get(err.errno, f"cannot listen on {host}:{port} ({err.strerror or err}); pass another --host or --port")
+        raise ServeError(reason) from None
     return sock
 
 
@@ -102,52 +88,29 @@ def address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def model_info(loaded: LoadedModel) -> dict[str, Any]:
-    """What GET /model says: the checkpoint, its settings, normalization, training state and step view."""
-    view = loaded.view
-    return {
-        "checkpoint": str(loaded.path),
-        "settings": loaded.settings,
-        "normalization": {"mean": loaded.mean, "std": loaded.std},
-        "training": loaded.training,
-        "per_step_view": {"unit": view.unit, "steps": view.steps, "note": view.note},
-    }
-
-
 def describe(loaded: LoadedModel, digit: torch.Tensor) -> dict[str, Any]:
     """The JSON answer for one MNIST-like digit (28, 28) uint8."""
-    settings = {**loaded.settings, "mean": loaded.mean, "std": loaded.std}
-    view = loaded.view
-    reply: dict[str, Any] = {"image28": digit.tolist(), "model": settings}
-    if int(digit.max()) == 0:
-        return {
-            "prediction": None, "confidence": None, "probabilities": None, "per_step": None,
-            "per_step_view": {
-                "unit": view.unit, "steps": view.steps, "note": view.note, "first_led": None, "held_from": None,
-            },
-            "nothing_drawn": True, "message": NOTHING_DRAWN, **reply,
-        }
-    probs, per_step = answer(loaded, digit.unsqueeze(0))
-    probs = probs[0]
-    prediction = int(probs.argmax())
+    reply: dict[str, Any] = {"prediction": None, "confidence": None, "probabilities": None, "per_step": None}
     first_led = held_from = None
-    if per_step is not None:
-        leading = (per_step[0].argmax(dim=1) == prediction).tolist()
-        if leading[-1]:
-            first_led = view.steps[leading.index(True)]
-            # The last step at which another digit led, plus one: from there on the answer held.
-            held_from = view.steps[len(leading) - leading[::-1].index(False)] if False in leading else view.steps[0]
-    return {
-        "prediction": prediction,
-        "confidence": float(probs[prediction]),
-        "probabilities": probs.tolist(),
-        "per_step": per_step[0].tolist() if per_step is not None else [],
-        "per_step_view": {
-            "unit": view.unit, "steps": view.steps, "note": view.note, "first_led": first_led, "held_from": held_from,
-        },
-        "nothing_drawn": False,
-        **reply,
-    }
+    blank = int(digit.max()) == 0
+    if not blank:
+        probs, per_step = answer(loaded, digit.unsqueeze(0))
+        probs = probs[0]
+        prediction = int(probs.argmax())
+        reply.update(prediction=prediction, confidence=float(probs[prediction]), probabilities=probs.tolist(), per_step=[])
+        if per_step is not None:
+            reply["per_step"] = per_step[0].tolist()
+            leading = (per_step[0].argmax(dim=1) == prediction).tolist()
+            steps = loaded.view.steps
+            if leading[-1]:
+                first_led = steps[leading.index(True)]
+                # The last step at which another digit led, plus one: from there on the answer held.
+                held_from = steps[len(leading) - leading[::-1].index(False)] if False in leading else steps[0]
+    reply["per_step_view"] = {**asdict(loaded.view), "first_led": first_led, "held_from": held_from}
+    reply["nothing_drawn"] = blank
+    if blank:
+        reply["message"] = NOTHING_DRAWN
+    return {**reply, "image28": digit.tolist(), "model": {**loaded.settings, "mean": loaded.mean, "std": loaded.std}}
 
 
 def too_large(limit: int) -> HTTPException:
@@ -180,9 +143,7 @@ async def upload_of(request: Request, limit: int) -> bytes:
 
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=16, max_part_size=limit + 1)
-    except HTTPException as err:  # Starlette's own message, e.g. too many files
-        raise HTTPException(400, f"unreadable form ({err.detail}); send the image as the form field `file`") from None
-    except Exception as err:  # python-multipart's parse errors
+    except Exception as err:  # python-multipart's parse errors, or Starlette's HTTPException ("400: Too many files...")
         raise HTTPException(400, f"unreadable form ({err}); send the image as the form field `file`") from None
     files = [value for value in form.values() if isinstance(value, UploadFile)]
     if not files:
@@ -196,7 +157,13 @@ async def upload_of(request: Request, limit: int) -> bytes:
 def create_app(loaded: LoadedModel, max_upload_bytes: int = 10_000_000) -> FastAPI:
     app = FastAPI(title="mnist-rnn", description="Draw a digit; see how the recurrent model reads it.", docs_url=None, redoc_url=None)
     app.mount("/static", StaticFiles(directory=PAGE_DIR), name="static")
-    info = model_info(loaded)
+    info = {  # what GET /model says
+        "checkpoint": str(loaded.path),
+        "settings": loaded.settings,
+        "normalization": {"mean": loaded.mean, "std": loaded.std},
+        "training": loaded.training,
+        "per_step_view": asdict(loaded.view),
+    }
     # Decoding and inference run in at most one thread per core, the requests waiting their turn in
     # arrival order: more threads than cores only fight over the cores and the GIL.
     workers = anyio.CapacityLimiter(cores())
@@ -219,14 +186,11 @@ def create_app(loaded: LoadedModel, max_upload_bytes: int = 10_000_000) -> FastA
         if not data:
             raise HTTPException(400, "empty upload; send an image file as the body or as the form field `file`")
         try:
-            reply = await anyio.to_thread.run_sync(_answer_bytes, loaded, data, limiter=workers)
+            reply = await anyio.to_thread.run_sync(lambda: describe(loaded, read_digit(data)), limiter=workers)
         except PredictInputError as err:
             raise HTTPException(400, f"not a readable image: {err}") from None
         return JSONResponse(reply)
 
     return app
 
-
-def _answer_bytes(loaded: LoadedModel, data: bytes) -> dict[str, Any]:
-    return describe(loaded, read_upload(data))
 
