@@ -143,8 +143,8 @@ async def upload_of(request: Request, limit: int) -> bytes:
 
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=16, max_part_size=limit + 1)
-    except Exception as err:  # python-multipart's parse errors, or Starlette's HTTPException ("400: Too many files...")
-        raise HTTPException(400, f"unreadable form ({err}); send the image as the form field `file`") from None
+    except Exception as err:  # python-multipart's parse errors, or Starlette's HTTPException (its reason in .detail)
+        raise HTTPException(400, f"unreadable form ({getattr(err, 'detail', err)}); send the image as the form field `file`") from None
     files = [value for value in form.values() if isinstance(value, UploadFile)]
     if not files:
         raise HTTPException(400, "the form holds no file; send the image as the form field `file`")
