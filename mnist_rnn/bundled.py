@@ -1,13 +1,9 @@
 """The trained model that ships inside the package: where it is, what it is, and loading it.
 
-`mnist_rnn/assets/bundled.ckpt` is one checkpoint of the default config (conf/default.yaml), kept
-to its weights: the optimizer, scheduler and callback states are dropped (it is meant to be
-used, not resumed), while the model settings, the normalization and the training precision stay,
-so it loads through `checkpoints.read_checkpoint` like any checkpoint `mnist-rnn fit` writes. Its
-`bundled` entry records the config, the seed and the test accuracy `mnist-rnn test` measured on
-it, which the commands that use it print in one line.
-
-Made, or remade, by `python -m mnist_rnn.make_bundled` (mnist_rnn/make_bundled.py, docs/model-card.md).
+`assets/bundled.ckpt`, made by `python -m mnist_rnn.make_bundled` (docs/model-card.md), is a checkpoint
+of the default config without the optimizer, scheduler and callback states (it is for use, not
+resuming), so it loads like any checkpoint `fit` writes. Its `bundled` entry records the config, seed
+and test accuracy `mnist-rnn test` measured on it, which the commands that use it print in one line.
 """
 
 from __future__ import annotations
@@ -28,7 +24,7 @@ INFO = "bundled"
 
 
 def describe(checkpoint: dict[str, Any]) -> str:
-    """What the bundled model is, in words: config, seed and measured test accuracy."""
+    """What the bundled model is: config, seed and measured test accuracy."""
     info = checkpoint.get(INFO) or {}
     return (
         f"using the bundled model: {info.get('config', '?')} config, seed {info.get('seed', '?')},"
@@ -37,7 +33,6 @@ def describe(checkpoint: dict[str, Any]) -> str:
 
 
 def announcement(checkpoint: dict[str, Any]) -> str:
-    """The one line a command prints when it uses the bundled model."""
     return f"{describe(checkpoint)} (pass --ckpt_path for your own)"
 
 
@@ -53,12 +48,7 @@ def resolve(ckpt_path: Optional[Union[str, Path]]) -> str:
 
 
 def load_model(ckpt_path: Optional[Union[str, Path]] = None) -> nn.Module:
-    """The bundled model, or the model of a checkpoint written by `mnist-rnn fit`, ready to use.
-
-    Returns a `torch.nn.Module` in eval mode that takes pixels (batch, 28, 28), uint8 or float in
-    0..255, white ink on black as in MNIST (the input of `mnist-rnn export`'s ONNX file, see
-    docs/export.md), and returns logits (batch, 10), in float32.
-    """
+    """`mnist_rnn.load_model`, documented there: the model of ckpt_path (else the bundled one), pixels in, logits out."""
     from mnist_rnn.inference import PixelsToLogits
     from mnist_rnn.inference import load_model as load_checkpoint_model
 

@@ -1,15 +1,15 @@
-"""How MNIST's images reach the model: normalized, split, and served in batches.
+"""MNIST's images normalized, split and served in batches (the files are `mnist_files`' job).
 
-The whole dataset lives in memory as one normalized float32 tensor (60,000 x 28 x 28 is about
-190 MB): a batch is a single index into it, with no per-sample Python, PIL or collate work.
-That is what lets training run about twice as fast as torchvision's per-sample pipeline.
-Reading the files themselves is `mnist_rnn.mnist_files`' job.
+The dataset lives in memory as one normalized float32 tensor (about 190 MB): a batch is one index
+into it, with no per-sample Python, PIL or collate work, so training runs about twice as fast as
+with torchvision's per-sample pipeline.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -22,11 +22,9 @@ from mnist_rnn.images import read_digits
 from mnist_rnn.mnist_files import find_idx_files, load_split, read_idx
 from mnist_rnn.steps_per_execution import check_settings, group, lightning_steps
 
-# The dataset is in memory: worker processes would only copy it, so Lightning's advice to add
-# some does not apply.
+# The dataset is in memory: worker processes would only copy it, so Lightning's advice to add some does not apply.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-# Lightning warns that a mid-epoch resume cannot continue where the epoch stood unless the loader
-# saves its own position; here the datamodule saves it (see ResumableLoader).
+# Lightning's warning that a mid-epoch resume starts its epoch over: here the datamodule saves the position (ResumableLoader).
 warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable.*")
 
 # The mean and standard deviation of MNIST's training pixels (scaled to [0, 1]).
@@ -35,12 +33,12 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 # The label of an image that has none (the user's own digits): predict writes no label column then.
 NO_LABEL = -1
 
+
 def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
     """Pixels in [0, 255] (uint8 or float) -> float32, standardized as during training.
 
-    The one place the arithmetic is written: the data module, `predict`, `serve` and the exported
-    ONNX graph (inference.PixelsToLogits) all call it. One copy, then in place: the input is left
-    as it was, and all of MNIST needs one float copy only.
+    The only code doing this arithmetic: the data module, `predict`, `serve` and the ONNX graph call it.
+    One copy, then in place: the input is left as it was, and all of MNIST needs one float copy only.
     """
     return images.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
 
@@ -73,24 +71,15 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
 
 
 class InMemoryDataset(TensorDataset):
-    """Images and labels held as tensors; a whole batch is fetched with one index operation.
+    """Images and labels as tensors, each batch one index operation; `names`: each image's source, for the CSV.
 
-    DataLoader calls `__getitems__` with the batch's indices when a dataset has it (torch>=2.0),
-    so the standard samplers (shuffling, DistributedSampler under DDP) work unchanged.
-    `names` says where each image came from, for the predictions CSV.
+    DataLoader calls `__getitems__` with the batch's indices (torch>=2.0), so the standard samplers
+    (shuffling, DistributedSampler under DDP) work unchanged.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, names: Optional[list[str]] = None) -> None:
         super().__init__(images, labels)
-        self.names = names
-
-    @property
-    def images(self) -> torch.Tensor:
-        return self.tensors[0]
-
-    @property
-    def labels(self) -> torch.Tensor:
-        return self.tensors[1]
+        self.images, self.labels, self.names = images, labels, names
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.images.device)
@@ -117,8 +106,7 @@ def batch_as_is(batch):
 class EpochShuffle(Sampler[int]):
     """A new order of the training images every epoch, drawn from (seed, epoch) alone.
 
-    The order of epoch e does not depend on what this process did before, so a run resumed from a
-    checkpoint sees exactly the batches the uninterrupted run would have seen. Lightning calls
+    So a resumed run sees exactly the batches the uninterrupted run would have seen. Lightning calls
     `set_epoch` at every epoch start (through its DistributedSampler wrapper too, under DDP).
     """
 
@@ -138,37 +126,27 @@ class EpochShuffle(Sampler[int]):
         yield from torch.randperm(self.size, generator=generator).tolist()
 
 
+@dataclass(eq=False)
 class ResumePoint:
-    """How far the training loader got in its epoch; saved in every checkpoint by the datamodule."""
+    """How far the training loader got in its epoch; the datamodule saves it in every checkpoint."""
 
-    def __init__(self) -> None:
-        self.epoch: Optional[int] = None
-        self.served = 0  # batches handed out so far in this epoch
-        self.pending: Optional[dict[str, Any]] = None  # a checkpoint's position, not yet applied
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "served": self.served}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pending = dict(state)
+    epoch: Optional[int] = None
+    served: int = 0  # batches handed out so far in this epoch
+    pending: Optional[dict[str, Any]] = None  # a checkpoint's position, not yet applied
 
 
 class ResumableLoader(DataLoader):
-    """A DataLoader that, resumed mid-epoch, skips the batches the interrupted epoch had served,
-    and that can serve several batches per Lightning step (`steps_per_execution`).
+    """A DataLoader that, resumed mid-epoch, skips what the interrupted epoch had served, and that can
+    serve several batches per Lightning step.
 
-    Why not Lightning's own mechanism (a loader with state_dict, such as torchdata's
-    StatefulDataLoader)? In lightning 2.6.6 a schedule that asks `trainer.estimated_stepping_batches`
-    (onecycle, cosine) makes the fit loop set up its loader before the checkpoint's loop state is
-    restored, and the saved position is then never applied: the resumed epoch starts over.
-    The datamodule's state, which Lightning restores first, has no such problem.
+    Not Lightning's own mechanism (a stateful loader such as torchdata's StatefulDataLoader): in
+    lightning 2.6.6 a schedule that asks `trainer.estimated_stepping_batches` (onecycle, cosine) has
+    the loader set up before the loop state is restored, so the saved position is never applied.
+    The datamodule's state, restored first, has no such problem. Counted in batches of this process's
+    sampler: under DDP, where Lightning rebuilds the loader with the same `resume`, each rank skips its share.
 
-    Counted in batches of this process's own sampler, so under DDP, where Lightning rebuilds the
-    loader with a DistributedSampler and the same `resume` object, every rank skips its own share.
-
-    With steps_per_execution K > 1 each item is a list of K batches (the epoch's last may hold
-    fewer), which the model trains on one optimizer step each: the same batches in the same order
-    as K = 1, in K times fewer Lightning steps. `len()` counts those lists, as Lightning's loop does.
+    With steps_per_execution K > 1 each item is a list of K batches (the epoch's last may hold fewer),
+    one optimizer step each: K = 1's batches in K times fewer Lightning steps; `len()` counts the lists.
     """
 
     def __init__(self, *args: Any, resume: Optional[ResumePoint] = None, steps_per_execution: int = 1, **kwargs: Any) -> None:
@@ -194,17 +172,10 @@ class ResumableLoader(DataLoader):
         pending, resume.pending = resume.pending, None
         skip = pending["served"] if pending is not None and pending.get("epoch") == epoch else 0
         resume.epoch, resume.served = epoch, 0
-        for index, batch in enumerate(super().__iter__()):
-            resume.served = index + 1  # read only between yields: then it counts what was handed out
-            if index < skip:
-                continue
-            yield batch
-
-
-def shuffle_seed() -> int:
-    """The run's seed (seed_everything), else a fresh one: the training order follows the run's seed."""
-    seed = os.environ.get("PL_GLOBAL_SEED")  # set by Lightning's seed_everything
-    return int(seed) if seed is not None else int(torch.randint(2**62, ()).item())
+        for served, batch in enumerate(super().__iter__(), start=1):
+            resume.served = served  # read only between yields: then it counts what was handed out
+            if served > skip:
+                yield batch
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -226,29 +197,23 @@ class MNISTDataModule(L.LightningDataModule):
     ) -> None:
         """
         Args:
-            data_dir: Folder of MNIST-format IDX files (raw or .gz; flat, in raw/, or torchvision's
-                MNIST/raw layout), e.g. Fashion-MNIST or KMNIST. Default: the MNIST embedded in the
-                package, which needs no network.
-            download: Fetch MNIST with torchvision into data_dir (default ./data) when it is not
-                there yet. Needs network.
+            data_dir: Folder of MNIST-format IDX files (raw or .gz; flat, in raw/, or torchvision's MNIST/raw layout), e.g. Fashion-MNIST or
+                KMNIST. Default: the MNIST embedded in the package, which needs no network.
+            download: Fetch MNIST with torchvision into data_dir (default ./data) when it is not there yet. Needs network.
             batch_size: Training batch size.
             eval_batch_size: Batch size for validation, test and predict; no sample is ever dropped.
             val_size: How many images of the official training set are held out for validation.
-            split_seed: Seed of the train/validation draw, kept apart from the training seed so that
-                every run validates on the same images.
-            mean: Mean of the training pixels in [0, 1], subtracted from every image. auto: MNIST's
-                (0.1307) for the embedded MNIST, else computed from the training split of data_dir
-                (and printed). Saved in every checkpoint, which test, validate and predict then use.
-            std: Standard deviation of the training pixels in [0, 1], each image is divided by it.
-                auto: as for mean (MNIST's is 0.3081).
-            predict_path: What `predict` reads: an image file, a folder of images or a glob pattern
-                (quoted), in any format Pillow reads, any size, colour or grey, dark ink on light paper
-                or the reverse. Default: the official test set.
-            max_shift: Augment training batches by moving each digit up to this many pixels
-                horizontally and vertically (a fresh random shift per image and step). 0: off.
-                Validation, test and predict always see the images as they are.
-            steps_per_execution: Training batches served per Lightning step, as a list; set by the
-                CLI from model.steps_per_execution (see RecurrentClassifier), which must match.
+            split_seed: Seed of the train/validation draw, kept apart from the training seed so that every run validates on the same images.
+            mean: Mean of the training pixels in [0, 1], subtracted from every image. auto: MNIST's (0.1307) for the embedded
+                MNIST, else computed from the training split of data_dir (and printed). Saved in every checkpoint, which test,
+                validate and predict then use.
+            std: Standard deviation of the training pixels in [0, 1], each image is divided by it. auto: as for mean (MNIST's is 0.3081).
+            predict_path: What `predict` reads: an image file, a folder of images or a glob pattern (quoted), in any format Pillow reads,
+                any size, colour or grey, dark ink on light paper or the reverse. Default: the official test set.
+            max_shift: Augment training batches by moving each digit up to this many pixels horizontally and vertically (a fresh random
+                shift per image and step). 0: off. Validation, test and predict always see the images as they are.
+            steps_per_execution: Training batches served per Lightning step, as a list; set by the CLI from model.steps_per_execution (see
+                RecurrentClassifier), which must match.
         """
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
@@ -261,7 +226,9 @@ class MNISTDataModule(L.LightningDataModule):
         if not 0 <= max_shift <= 8:
             raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
         self.save_hyperparameters()
-        self.data_dir = Path(data_dir) if data_dir is not None else None
+        if data_dir is None and download:
+            data_dir = "data"
+        self.data_dir = Path(data_dir) if data_dir is not None else None  # None: the embedded MNIST
         self.datasets: dict[str, InMemoryDataset] = {}
         # (path, reason) of each predict_path file that could not be read, for the CLI to report.
         self.skipped: list[tuple[str, str]] = []
@@ -272,37 +239,26 @@ class MNISTDataModule(L.LightningDataModule):
             return
         from torchvision.datasets import MNIST
 
-        root = self.data_dir or Path("data")
         try:
-            MNIST(root=str(root), train=True, download=True)
-            MNIST(root=str(root), train=False, download=True)
+            MNIST(root=str(self.data_dir), train=True, download=True)
+            MNIST(root=str(self.data_dir), train=False, download=True)
         except Exception as err:  # URLError, HTTPError, checksum mismatch, ...
             raise DatasetError(
-                f"downloading MNIST into {root} failed ({err}); without network, omit --data.download"
+                f"downloading MNIST into {self.data_dir} failed ({err}); without network, omit --data.download"
                 " and --data.data_dir to use the embedded MNIST"
             ) from None
 
-    def _data_dir(self) -> Optional[Path]:
-        if self.data_dir is None and self.hparams.download:
-            return Path("data")
-        return self.data_dir
-
-    def _device(self) -> torch.device:
-        """Where the tensors live: on a CUDA device when training there (about 220 MB for all
-        of MNIST), so that no batch is copied from the host; in host memory otherwise."""
-        if self.trainer is not None and self.trainer.strategy.root_device.type == "cuda":
-            return self.trainer.strategy.root_device
-        return torch.device("cpu")
-
     def _dataset(self, images: torch.Tensor, labels: torch.Tensor, names: Optional[list[str]] = None) -> InMemoryDataset:
-        device = self._device()
+        # On the CUDA device when training there (about 220 MB for all of MNIST): no batch is copied from the host.
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+        device = self.trainer.strategy.root_device if on_cuda else torch.device("cpu")
         # Normalized after selecting a split, so only one float copy of the pixels ever exists.
         images = normalize(images.to(device), self.hparams.mean, self.hparams.std)
         return InMemoryDataset(images, labels.to(device), names)
 
     def _training_split(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The official training set and the seeded (train, validation) indices into it."""
-        images, labels = load_split("train", self._data_dir())
+        images, labels = load_split("train", self.data_dir)
         train_idx, val_idx = split_indices(len(labels), self.hparams.val_size, self.hparams.split_seed)
         return images, labels, train_idx, val_idx
 
@@ -316,10 +272,10 @@ class MNISTDataModule(L.LightningDataModule):
             images, _, train_idx, _ = split if split is not None else self._training_split()
             pixels = images[train_idx].double().div_(255.0)
             mean, std = float(pixels.mean()), float(pixels.std())
-            source = f"computed from the training split of {self._data_dir()}"
             if std <= 0:
-                raise DatasetError(f"the training images of {self._data_dir()} are all one shade; nothing to learn from")
+                raise DatasetError(f"the training images of {self.data_dir} are all one shade; nothing to learn from")
             if self.trainer is None or self.trainer.is_global_zero:
+                source = f"computed from the training split of {self.data_dir}"
                 print(f"data: normalizing with mean {mean!r} and std {std!r}, {source}", flush=True)
         if self.hparams.mean == "auto":
             self.hparams.mean = mean
@@ -335,7 +291,7 @@ class MNISTDataModule(L.LightningDataModule):
             self.datasets["val"] = self._dataset(images[val_idx], labels[val_idx])
         user_images = self.hparams.predict_path is not None
         if (stage == "test" or (stage == "predict" and not user_images)) and "test" not in self.datasets:
-            images, labels = load_split("test", self._data_dir())
+            images, labels = load_split("test", self.data_dir)
             self._resolve_normalization()  # after the test files, so that their problems are named first
             # The CSV's path column for the official test set: the image's index in it.
             self.datasets["test"] = self._dataset(images, labels, [f"test#{i}" for i in range(len(labels))])
@@ -350,14 +306,12 @@ class MNISTDataModule(L.LightningDataModule):
             self.datasets["predict"] = self._dataset(digits.images, labels, digits.paths)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self.hparams.max_shift and self.trainer is not None and self.trainer.training:
-            background = -self.hparams.mean / self.hparams.std  # a zero pixel, normalized
-            shift = lambda images: shift_images(images, self.hparams.max_shift, background)  # noqa: E731
-            if isinstance(batch, list):  # several batches for one Lightning step
-                return [(shift(images), labels) for images, labels in batch]
-            images, labels = batch
-            return shift(images), labels
-        return batch
+        if not (self.hparams.max_shift and self.trainer is not None and self.trainer.training):
+            return batch
+        background = -self.hparams.mean / self.hparams.std  # a zero pixel, normalized
+        batches = batch if isinstance(batch, list) else [batch]  # a list: several batches for one Lightning step
+        shifted = [(shift_images(images, self.hparams.max_shift, background), labels) for images, labels in batches]
+        return shifted if isinstance(batch, list) else shifted[0]
 
     def _loader(self, split: str, batch_size: int, loader_class: type = DataLoader, **kwargs: Any) -> DataLoader:
         return loader_class(
@@ -374,21 +328,23 @@ class MNISTDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> ResumableLoader:
-        order = EpochShuffle(len(self.datasets["train"]), seed=shuffle_seed())
+        # The training order follows the run's seed (set by Lightning's seed_everything), else a fresh one.
+        run_seed = os.environ.get("PL_GLOBAL_SEED")
+        seed = int(run_seed) if run_seed is not None else int(torch.randint(2**62, ()).item())
+        order = EpochShuffle(len(self.datasets["train"]), seed=seed)
         return self._loader(
             "train", self.hparams.batch_size, loader_class=ResumableLoader, sampler=order, resume=self.resume,
             steps_per_execution=self.hparams.steps_per_execution,
         )  # fmt: skip
 
-    # Lightning saves this in every checkpoint and hands it back on resume, before the training
-    # loader is iterated: the position in the epoch, so a mid-epoch resume carries on with the
-    # batches that were left instead of starting the epoch over.
+    # Lightning saves this in every checkpoint and hands it back on resume, before the training loader
+    # is iterated: a mid-epoch resume carries on with the batches that were left, not the epoch over.
     def state_dict(self) -> dict[str, Any]:
-        return {"train_position": self.resume.state_dict()}
+        return {"train_position": {"epoch": self.resume.epoch, "served": self.resume.served}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "train_position" in state_dict:
-            self.resume.load_state_dict(state_dict["train_position"])
+            self.resume.pending = dict(state_dict["train_position"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", self.hparams.eval_batch_size)

@@ -1,12 +1,9 @@
 """The user's own digit images, turned into MNIST digits the way MNIST's were made.
 
-MNIST's digits are white ink on black, cropped to the digit, the longer side scaled to 20 px
-with anti-aliasing, and centred by centre of mass in a 28x28 frame (at pixel index 14, 14).
-A model trained on them only recognizes digits prepared the same way, so a scan or photo goes
-through the same steps: grey, ink as high values, background removed, crop, scale, centre.
-
-Each file is read on its own: one that Pillow cannot read, or that is too large to decode
-safely, is reported with the reason and skipped; the others are still predicted.
+MNIST's digits are white ink on black, cropped, the longer side scaled to 20 px with anti-aliasing,
+and centred by centre of mass at pixel (14, 14) of a 28x28 frame; a model trained on them recognizes
+only digits prepared the same way. Each file is read on its own: one that Pillow cannot read, or too
+large to decode safely, is reported with the reason and skipped; the others are still predicted.
 """
 
 from __future__ import annotations
@@ -50,21 +47,16 @@ class DigitImages:
 
 
 def find_image_files(spec: str) -> list[Path]:
-    """The files named by spec: a file, every file in a folder (not below it), or a glob pattern.
-
-    Hidden files (".DS_Store", "._scan.png") are left out of folders: they are never the user's digits.
-    """
+    """The files named by spec: a file, every file in a folder (not below it, and not the hidden ".DS_Store",
+    "._scan.png", which are never the user's digits), or a glob pattern."""
     if not spec.strip():
-        raise PredictInputError(
-            "--data.predict_path is empty; give an image file, a folder of images or a glob pattern"
-        )
-    expanded = str(Path(spec).expanduser())
-    if any(c in expanded for c in GLOB_CHARS) and not Path(expanded).exists():
-        files = sorted(Path(p) for p in glob.glob(expanded, recursive=True) if Path(p).is_file())
+        raise PredictInputError("--data.predict_path is empty; give an image file, a folder of images or a glob pattern")
+    path = Path(spec).expanduser()
+    if any(c in str(path) for c in GLOB_CHARS) and not path.exists():
+        files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
         if not files:
             raise PredictInputError(f"--data.predict_path {spec} matches no file; check the pattern and quote it")
         return files
-    path = Path(expanded)
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -72,17 +64,12 @@ def find_image_files(spec: str) -> list[Path]:
         if not files:
             raise PredictInputError(f"--data.predict_path {spec} is an empty folder; put digit images in it")
         return files
-    raise PredictInputError(
-        f"--data.predict_path {spec} does not exist; give an image file, a folder of images or a glob pattern"
-    )
+    raise PredictInputError(f"--data.predict_path {spec} does not exist; give an image file, a folder of images or a glob pattern")
 
 
 def _flatten_alpha(image: Image.Image) -> Image.Image:
-    """Lay a picture with transparency on paper that contrasts with its opaque strokes.
-
-    Converting RGBA straight to grey drops alpha, and transparent pixels are often stored black:
-    black ink on a transparent sheet would turn into a black square.
-    """
+    """Lay a picture with transparency on paper that contrasts with its opaque strokes: converting RGBA straight
+    to grey drops alpha, and transparent pixels, often stored black, would turn black ink into a black square."""
     if image.mode not in ("RGBA", "LA", "PA", "RGBa", "La") and "transparency" not in image.info:
         return image
     rgba = image.convert("RGBA")
@@ -136,14 +123,10 @@ def to_mnist_digit(image: Image.Image) -> torch.Tensor:
 
 
 def read_digit(source: Union[str, Path, bytes]) -> torch.Tensor:
-    """Read one image (its first frame), a file or its bytes, as an MNIST digit; PredictInputError says why it cannot be.
-
-    `mnist-rnn predict` passes files, `mnist-rnn serve` the bytes of an upload: both take this path.
-    """
-    if not isinstance(source, bytes):
-        source = Path(source)
+    """One image (its first frame), a file (`predict`) or an upload's bytes (`serve`), as an MNIST digit;
+    PredictInputError says why it cannot be."""
     try:
-        size = len(source) if isinstance(source, bytes) else source.stat().st_size
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
         if size == 0:
             raise PredictInputError("empty file (0 bytes)")
         # Pillow warns above Image.MAX_IMAGE_PIXELS (about 89 million) and refuses above twice that;
@@ -185,7 +168,5 @@ def read_digits(spec: str) -> DigitImages:
     if not digits:
         reasons = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
         more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
-        raise PredictInputError(
-            f"--data.predict_path {spec}: no readable image among {len(files)} files: {reasons}{more}"
-        )
+        raise PredictInputError(f"--data.predict_path {spec}: no readable image among {len(files)} files: {reasons}{more}")
     return DigitImages(torch.stack(digits), paths, skipped)

@@ -23,16 +23,6 @@ from mnist_rnn.inference import training_state
 from mnist_rnn.runs import staged
 
 
-def slim(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """A training checkpoint kept to what using the model needs; the weights are the same tensors."""
-    return {key: checkpoint[key] for key in KEEP if key in checkpoint}
-
-
-def _best_val_acc(checkpoint: dict[str, Any]) -> Optional[float]:
-    best = training_state(checkpoint).get("best") or {}
-    return best.get("score")
-
-
 def _run_seed(ckpt: Path) -> int:
     """The seed of the run a checkpoint comes from, read from the config.yaml `fit` saved beside it."""
     import yaml
@@ -58,12 +48,12 @@ def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
         fit = cli_main(["fit", "--trainer.logger.init_args.name", "bundle"])
         source = Path(fit.trainer.checkpoint_callback.best_model_path)
     checkpoint = read_checkpoint(source)
-    kept = slim(checkpoint)
+    kept = {key: checkpoint[key] for key in KEEP if key in checkpoint}  # what using the model needs, the same weight tensors
     info = {
         "config": "default",
         "seed": _run_seed(source),
         "source": source.name,
-        "val_acc": _best_val_acc(checkpoint),
+        "val_acc": training_state(checkpoint).get("best", {}).get("score"),
         "machine": f"{cpu_name()}, {cores()} cores",
         "torch": str(torch.__version__),  # a plain str: TorchVersion would be pickled code to the checked reader
         "command": "python -m mnist_rnn.make_bundled",

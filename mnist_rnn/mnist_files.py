@@ -1,9 +1,7 @@
-"""MNIST's files: where they are, whether they are intact, and what they hold.
+"""The four IDX files of MNIST (or Fashion-MNIST, KMNIST, ...): found, checked and parsed into tensors.
 
-MNIST (and Fashion-MNIST, KMNIST, ...) ships as four IDX files. This module finds them (the copy
-embedded in the package, or a folder the user names), checks the embedded ones against their
-vendored MD5 sums, and parses them in memory into uint8 tensors. Every failure is a DatasetError
-that names the file: a wrong dataset must never be used silently.
+The embedded copy is checked against its vendored MD5 sums. Every failure is a DatasetError that
+names the file: a wrong dataset must never be used silently.
 """
 
 from __future__ import annotations
@@ -36,12 +34,9 @@ _UBYTE = 0x08
 
 def embedded_checksums() -> dict[str, str]:
     """MD5 of the uncompressed content of each embedded file, from the vendored MD5SUMS."""
-    sums = {}
-    for line in (EMBEDDED_DIR / "MD5SUMS").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            digest, name = line.split()
-            sums[name] = digest
-    return sums
+    lines = (EMBEDDED_DIR / "MD5SUMS").read_text().splitlines()
+    pairs = (line.split() for line in lines if line.strip() and not line.startswith("#"))
+    return {name: digest for digest, name in pairs}
 
 
 def parse_idx(raw: bytes, dims: int) -> torch.Tensor:
@@ -80,9 +75,7 @@ def read_idx(path: Path, kind: str, expected_md5: Optional[str] = None) -> torch
     except (OSError, EOFError, zlib.error) as err:
         if getattr(err, "errno", None) is not None:  # the file system's (a folder, no permission), not gzip's
             raise DatasetError(f"{path}: cannot be read ({err.strerror}); give a readable file") from None
-        raise DatasetError(
-            f"{path}: cannot be decompressed ({err}); the file is truncated or corrupted, replace it"
-        ) from None
+        raise DatasetError(f"{path}: cannot be decompressed ({err}); the file is truncated or corrupted, replace it") from None
     if expected_md5 is not None:
         actual = hashlib.md5(raw).hexdigest()
         if actual != expected_md5:
@@ -112,10 +105,7 @@ def find_idx_files(data_dir: Path) -> dict[tuple[str, str], Path]:
     folders = [data_dir, data_dir / "raw", *sorted(data_dir.glob("*/raw"))]
     found, missing = {}, []
     for key, name in IDX_FILES.items():
-        hit = next(
-            (folder / f for folder in folders for f in (name, name + ".gz") if (folder / f).is_file()),
-            None,
-        )
+        hit = next((folder / f for folder in folders for f in (name, name + ".gz") if (folder / f).is_file()), None)
         if hit is None:
             missing.append(name)
         else:
@@ -130,10 +120,7 @@ def find_idx_files(data_dir: Path) -> dict[tuple[str, str], Path]:
 
 
 def load_split(split: str, data_dir: Optional[Path] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 28, 28) uint8 and labels (N,) int64 of the 'train' or 'test' split.
-
-    data_dir None: the MNIST embedded in the package, checked against its MD5 sums.
-    """
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of 'train' or 'test'; data_dir None: the embedded MNIST, MD5-checked."""
     if data_dir is None:
         sums = embedded_checksums()
         paths = {k: EMBEDDED_DIR / (name + ".gz") for k, name in IDX_FILES.items()}
