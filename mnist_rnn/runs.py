@@ -55,11 +55,8 @@ def runs_folder(config) -> Optional[Path]:
 
 
 def name_run(config) -> None:
-    """A run is named after the config that made it, so `--ckpt_path last` finds that config's runs.
-
-    A logger name given in a config or a flag is kept; otherwise `-c FILE` names the run after the
-    last such file's stem (runs/<stem>/), and a plain `mnist-rnn fit` is runs/default/.
-    """
+    """A run is named after the config that made it, so `--ckpt_path last` finds that config's runs: a logger
+    name given in a config or a flag is kept, else the last `-c FILE` names it (runs/<stem>/), else runs/default/."""
     init_args = logger_args(config)
     if not init_args or "name" not in init_args or init_args.get("name") is not None:
         return
