@@ -102,9 +102,8 @@ def contradiction(given, defaults, saved: dict[str, dict[str, Any]]) -> Optional
     for section, values in saved.items():
         for key, value in values.items():
             mine, default = given[section].get(key), defaults[section].get(key)
-            if mine is None or mine == "auto" or mine == default or mine == value:
-                continue
-            return f"{section}.{key}", value, mine
+            if mine not in (None, "auto", default, value):
+                return f"{section}.{key}", value, mine
     return None
 
 
