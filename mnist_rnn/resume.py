@@ -1,9 +1,10 @@
-"""Resuming a run exactly, in the order it happens: `resolve` (`last`: the newest checkpoint of this config's newest
-run; Lightning's own looks only in the new run's empty folder, then silently trains from scratch), `check_resumable`
-(not weights only, not past the run's length), `continue_run` (logging goes on in the run's folder when the checkpoint
-is its newest, purge_step hiding what an interrupted attempt logged after it; else a new folder, newer checkpoints
-left alone), `RandomState` (the generators; Lightning restores the rest, data.ResumableLoader the epoch's position),
-`check_schedule_length` (no schedule stretched to another length) and, after a stop, `resume_command`.
+"""Resuming a run exactly, in the order it happens: `resolve` finds `last` (the newest checkpoint of this config's
+newest run: Lightning's own looks only in the new run's empty folder, then silently trains from scratch);
+`check_resumable` refuses a weights-only checkpoint or one past the run's length; `continue_run` logs on in the
+run's own folder when the checkpoint is its newest (purge_step hides what an interrupted attempt logged after it),
+else in a new one, leaving newer checkpoints alone; `RandomState` keeps the generators (Lightning restores the rest,
+data.ResumableLoader the place in the epoch); `check_schedule_length` refuses a schedule stretched to another
+length; after a stop, `resume_command` is the command to type.
 """
 
 from __future__ import annotations
