@@ -190,8 +190,7 @@ class TimedCheckpoint(ModelCheckpoint):
         if trainer.sanity_checking or not trainer.strategy.broadcast(due):  # rank 0's clock decides
             return
         if validates_after(trainer, batch_idx):
-            # Resumed from a checkpoint of this batch, Lightning would skip the validation due now
-            # (lightning 2.6.6 fast-forwards it): saved after that validation instead.
+            # Resumed from this batch's checkpoint, lightning 2.6.6 would skip (fast-forward) the validation due now: save after it.
             self._after_validation = True
             return
         self._save(trainer, now)

@@ -41,8 +41,7 @@ class EpochLineProgressBar(ProgressBar):
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The module logs train/acc in its own on_train_epoch_end, which runs after the
-        # callbacks' hook: print the line once that has happened (next epoch, or end of fit).
+        # The module logs train/acc in its own on_train_epoch_end, after this hook: printed later (next epoch, or fit's end).
         self._pending = (trainer.current_epoch, trainer.global_step, time.perf_counter() - self._epoch_start)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -168,8 +168,7 @@ class RandomState(Callback):
         rank, world = self._ranks()
         if world == 1:
             return state
-        # The metric sums a checkpoint keeps (train_acc over the part of an epoch done) are each
-        # rank's own; the model's state_dict in the checkpoint holds rank 0's only.
+        # The metric sums a checkpoint keeps (train_acc of the epoch's part done) are each rank's own; its state_dict has rank 0's.
         module = self._trainer.lightning_module
         state["metrics"] = {
             name: {key: value.cpu() for key, value in metric.state_dict().items()}

@@ -47,8 +47,7 @@ class StopOnSignal(Callback):
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Installed here, not in setup(): Lightning installs its own SIGTERM handler just before
-        # training, and this one must come after it.
+        # Installed here, not in setup(): Lightning installs its own SIGTERM handler just before training, and this must follow.
         self._signum = None
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
