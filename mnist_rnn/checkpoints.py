@@ -1,10 +1,8 @@
 """Checkpoint files: written atomically, read without running code, and checked before use.
 
-Every checkpoint this project reads goes through `read_checkpoint`, which loads with
-`weights_only=True` (tensors and plain containers only, never a pickled object) after checking
-the zip archive's CRCs, so a damaged or booby-trapped file is refused with a message that names
-it instead of a stack trace or, worse, a silently wrong model. The project's own checkpoints
-hold nothing outside torch's weights-only allow-list, so nothing is added to it.
+Every read goes through `read_checkpoint`: the zip archive's CRCs checked, then `weights_only=True` (tensors and
+plain containers, never a pickled object), so a damaged or booby-trapped file is refused in a line naming it, not
+a stack trace or a silently wrong model. Our checkpoints need nothing beyond torch's weights-only allow-list, so none is added.
 """
 
 from __future__ import annotations
@@ -35,11 +33,6 @@ def upgraded_key(key: str) -> str:
     return f"net.{key}" if key.startswith(_LEGACY_PREFIXES) else key
 
 
-def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
-    """A state_dict with the weights under net.*, whether it was written before or after the move."""
-    return {upgraded_key(key): value for key, value in state_dict.items()}
-
-
 _FIX = "pass a checkpoint file written by `mnist-rnn fit` (runs/<config>/version_<N>/checkpoints/*.ckpt)"
 
 
@@ -50,9 +43,8 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, Callable, N
         raise CheckpointError(f"checkpoint {path} does not exist; {_FIX}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file; {_FIX}")
-    # torch.save writes a zip archive. Checking it first tells a truncated or corrupted file from
-    # something that never was a checkpoint, and the CRCs catch flipped bits that torch.load
-    # itself would read without noticing.
+    # torch.save writes a zip archive: checking it first tells a truncated or corrupted file from something that
+    # never was a checkpoint, and its CRCs catch flipped bits that torch.load itself would read without noticing.
     with path.open("rb") as file:
         looks_like_zip = file.read(4) == b"PK\x03\x04"
     try:
@@ -65,8 +57,7 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, Callable, N
     if damaged is not None:
         raise CheckpointError(f"checkpoint {path} is corrupted (bad checksum in {damaged}); {_FIX}")
     try:
-        # Lists the classes and functions the pickle would call, without calling any.
-        unsafe = get_unsafe_globals_in_checkpoint(str(path))
+        unsafe = get_unsafe_globals_in_checkpoint(str(path))  # what the pickle would call, without calling any
     except Exception:  # a zip archive, but not one torch.save wrote
         raise CheckpointError(f"{path} is not a checkpoint (not a torch.save archive); {_FIX}") from None
     if unsafe:
@@ -91,10 +82,8 @@ RUN_DATA = ("batch_size", "val_size", "split_seed", "max_shift", *PREPROCESSING)
 
 
 def saved_settings(checkpoint: dict[str, Any], path: Union[str, Path], model_class: type, data_keys: tuple[str, ...]) -> dict:
-    """{"model": {...}, "data": {...}}: the settings a checkpoint was trained with.
-
-    Refused when model_class has no such model settings (a checkpoint of another model).
-    """
+    """{"model": {...}, "data": {...}}: the settings a checkpoint was trained with; refused when model_class has
+    no such model settings (a checkpoint of another model)."""
     model = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
     known = inspect.signature(model_class.__init__).parameters
     unknown = sorted(set(model) - set(known))
@@ -113,16 +102,15 @@ def contradiction(given, defaults, saved: dict[str, dict[str, Any]]) -> Optional
     for section, values in saved.items():
         for key, value in values.items():
             mine, default = given[section].get(key), defaults[section].get(key)
-            if mine is None or mine == "auto" or mine == default or mine == value:
-                continue
-            return f"{section}.{key}", value, mine
+            if mine not in (None, "auto", default, value):
+                return f"{section}.{key}", value, mine
     return None
 
 
 def check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: Union[str, Path]) -> None:
     """Refuse weights that do not fit the model: other layers, or layers of another size."""
     expected = model.state_dict()
-    found = upgrade_state_dict(checkpoint["state_dict"])
+    found = {upgraded_key(key): value for key, value in checkpoint["state_dict"].items()}
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
     if missing or unexpected:
@@ -143,10 +131,9 @@ def check_fits(model: torch.nn.Module, checkpoint: dict[str, Any], path: Union[s
 class SafeCheckpointIO(TorchCheckpointIO):
     """Writes checkpoints atomically and reads them only through `read_checkpoint`.
 
-    Lightning's own atomic save stages the file in the system's temporary folder and moves it
-    over, which becomes a copy (not atomic) when that folder is on another file system; here the
-    temporary file sits next to its destination, is synced to disk, then renamed over it, so a
-    kill at any moment leaves either the previous checkpoint or the new one, never a torn file.
+    Lightning's atomic save stages the file in the system's temporary folder, and moving it from another file
+    system is a copy, not atomic; `staged` writes it beside its destination, synced, then renamed over it, so a
+    kill at any moment leaves the previous checkpoint or the new one, never a torn file.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None) -> None:
@@ -179,13 +166,11 @@ class TimedCheckpoint(ModelCheckpoint):
     """A checkpoint after every `train_time_interval` of training, with one optimizer step per
     Lightning step or several (model.steps_per_execution > 1, manual optimization).
 
-    lightning 2.6.6's ModelCheckpoint.on_train_batch_end looks only at `every_n_train_steps` under
-    manual optimization and ignores `train_time_interval`, so such a run would write its
-    checkpoints only at validation and epoch ends. This keeps its own clock and saves through the
-    public `trainer.save_checkpoint`. It stays a ModelCheckpoint so that Lightning runs it after
-    every other callback (StopOnNonFinite checks a step before anything of it is saved) and finds
-    its folder as for the others. tests/test_steps_per_execution.py checks both that Lightning
-    still skips it and that this saves mid-epoch.
+    Under manual optimization lightning 2.6.6's ModelCheckpoint ignores `train_time_interval` (only
+    `every_n_train_steps` counts), so such a run saved only at validation and epoch ends; this keeps its own
+    clock and saves through `trainer.save_checkpoint`. Being a ModelCheckpoint, it runs after every other
+    callback (StopOnNonFinite checks a step before anything of it is saved) and gets its folder as the others
+    do. tests/test_steps_per_execution.py checks that Lightning still skips it and that this saves mid-epoch.
     """
 
     def __init__(self, train_time_interval: timedelta, filename: str = "last", **kwargs: Any) -> None:
@@ -205,8 +190,7 @@ class TimedCheckpoint(ModelCheckpoint):
         if trainer.sanity_checking or not trainer.strategy.broadcast(due):  # rank 0's clock decides
             return
         if validates_after(trainer, batch_idx):
-            # Resumed from a checkpoint of this batch, Lightning would skip the validation due now
-            # (lightning 2.6.6 fast-forwards it): saved after that validation instead.
+            # Resumed from this batch's checkpoint, lightning 2.6.6 would skip (fast-forward) the validation due now: save after it.
             self._after_validation = True
             return
         self._save(trainer, now)

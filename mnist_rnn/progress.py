@@ -17,11 +17,8 @@ from mnist_rnn.runs import newest_in
 
 
 class EpochLineProgressBar(ProgressBar):
-    """One line per epoch, for output that is not a terminal (CI logs, `| tee`, nohup).
-
-    tqdm's carriage-return redraws turn into one enormous line there; this prints
-    the progress-bar metrics once per epoch instead.
-    """
+    """One line per epoch, for output that is not a terminal (CI logs, `| tee`, nohup), where tqdm's
+    carriage-return redraws turn into one enormous line."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -35,10 +32,6 @@ class EpochLineProgressBar(ProgressBar):
     def enable(self) -> None:
         self._enabled = True
 
-    @property
-    def is_enabled(self) -> bool:
-        return self._enabled
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A run resumed mid-epoch starts without on_train_epoch_start.
         self._epoch_start = time.perf_counter()
@@ -48,8 +41,7 @@ class EpochLineProgressBar(ProgressBar):
         self._epoch_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # The module logs train/acc in its own on_train_epoch_end, which runs after the
-        # callbacks' hook: print the line once that has happened (next epoch, or end of fit).
+        # The module logs train/acc in its own on_train_epoch_end, after this hook: printed later (next epoch, or fit's end).
         self._pending = (trainer.current_epoch, trainer.global_step, time.perf_counter() - self._epoch_start)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -76,11 +68,8 @@ def default_progress_bar() -> ProgressBar:
 
 
 def fit_report(trainer: L.Trainer) -> str:
-    """What `fit` prints at its end: the best checkpoint, its score, the logs, and how to test it.
-
-    Every rank must call it (asking for the log folder is a collective under DDP); only rank 0
-    gets a report, the others an empty string.
-    """
+    """What `fit` prints at its end: the best checkpoint, its score, the logs, and how to test it. Every rank
+    must call it (asking for the log folder is a collective under DDP); only rank 0 gets a report, others ""."""
     log_dir = trainer.log_dir
     if not trainer.is_global_zero or trainer.checkpoint_callback is None:
         return ""
@@ -94,21 +83,17 @@ def fit_report(trainer: L.Trainer) -> str:
     if trainer.logger is not None and log_dir:
         lines.append(f"logs: {log_dir}  (view with: tensorboard --logdir {Path(log_dir).parent.parent})")
     if best:
-        command = ["mnist-rnn", "test"]
         saved_config = Path(log_dir or "") / "config.yaml"
-        if saved_config.is_file():
-            command += ["-c", str(saved_config)]
-        command += ["--ckpt_path", best]
-        lines.append("test it: " + shlex.join(command))
+        config = ["-c", str(saved_config)] if saved_config.is_file() else []
+        lines.append("test it: " + shlex.join(["mnist-rnn", "test", *config, "--ckpt_path", best]))
     return "\n".join(lines)
 
 
 class SummaryWithoutFlops(ModelSummary):
     """Lightning's model summary without its FLOPs column and total.
 
-    Lightning counts FLOPs only through an `example_input_array` and, for an LSTM, counts none
-    (torch's FLOP counter has no formula for its kernel), so its summary ended in `0 Total Flops`:
-    a wrong figure on the first screen of every command.
+    Lightning counts FLOPs only through an `example_input_array` and none for an LSTM (torch's FLOP counter
+    has no formula for its kernel): its summary ended in a wrong `0 Total Flops` on every command's first screen.
     """
 
     @staticmethod

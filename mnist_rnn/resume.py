@@ -1,20 +1,10 @@
-"""Resuming a run: `--ckpt_path last`, continuing in the run's own folder, and an exact continuation.
-
-What a resume needs, in the order it happens:
-1. `resolve`: `last` means the newest checkpoint of the newest run of this config (Lightning's own
-   `last` only looks in the new run's empty folder, and then silently trains from scratch); the
-   run folders themselves are runs.py's.
-2. `check_resumable`: a weights-only checkpoint, or one past the run's length, is refused.
-3. `continue_run`: when the checkpoint is its run's newest, logging goes on in that run's folder
-   (same version; TensorBoard's purge_step hides what an interrupted attempt logged after the
-   checkpoint, so no step goes back). From an older checkpoint a new run folder opens instead,
-   leaving the newer checkpoints alone.
-4. During the run: Lightning restores weights, optimizer, schedule, loop progress and (through
-   the data module's own state, data.ResumableLoader) the position in the epoch; `RandomState` adds the random
-   generators; `check_schedule_length` refuses a schedule stretched to another length.
-5. After a stop: `resume_command` is the command to type.
-Checkpoints are written every epoch and every minute by the ModelCheckpoint entries of
-conf/default.yaml, atomically (checkpoints.SafeCheckpointIO).
+"""Resuming a run exactly, in the order it happens: `resolve` finds `last` (the newest checkpoint of this config's
+newest run: Lightning's own looks only in the new run's empty folder, then silently trains from scratch);
+`check_resumable` refuses a weights-only checkpoint or one past the run's length; `continue_run` logs on in the
+run's own folder when the checkpoint is its newest (purge_step hides what an interrupted attempt logged after it),
+else in a new one, leaving newer checkpoints alone; `RandomState` keeps the generators (Lightning restores the rest,
+data.ResumableLoader the place in the epoch); `check_schedule_length` refuses a schedule stretched to another
+length; after a stop, `resume_command` is the command to type.
 """
 
 from __future__ import annotations
@@ -85,11 +75,8 @@ def resolve(ckpt_path: str, runs: Optional[Path]) -> Path:
 
 
 def run_of(checkpoint: Path, runs: Path) -> Optional[Path]:
-    """The run folder (runs/<config>/version_<N>/) this checkpoint is the newest checkpoint of, if any.
-
-    Only then does resuming continue that run in place: continuing from an older checkpoint
-    would overwrite the newer ones, so that starts a new run folder instead.
-    """
+    """The run folder (runs/<config>/version_<N>/) this checkpoint is the newest checkpoint of, if any: only that
+    run continues in place, since continuing from an older checkpoint would overwrite the newer ones."""
     folder = checkpoint.resolve().parent
     run = folder.parent
     if folder.name != "checkpoints" or run.parent != runs.resolve() or version_of(run) is None:
@@ -132,23 +119,18 @@ def continue_run(config, checkpoint: dict[str, Any]) -> None:
 def resume_command(args: list[str]) -> str:
     """The command that continues a stopped run: the same one, with `--ckpt_path last`."""
     kept: list[str] = []
-    skip_value = False
-    for arg in args:
-        if skip_value:
-            skip_value = False
-        elif arg == "--ckpt_path":
-            skip_value = True
+    rest = iter(args)
+    for arg in rest:
+        if arg == "--ckpt_path":
+            next(rest, None)  # its value
         elif not arg.startswith("--ckpt_path="):
             kept.append(arg)
     return shlex.join(["mnist-rnn", *kept, "--ckpt_path", LAST])
 
 
 def check_schedule_length(trainer: L.Trainer, scheduler: str, total: float) -> None:
-    """A resumed schedule keeps the length it was built for; refuse a run of another length.
-
-    With another max_epochs or max_steps, onecycle would fail when it runs out of steps and cosine
-    would silently climb back up. total: the run's optimizer steps (RecurrentClassifier.optimizer_steps).
-    """
+    """Refuse a resumed schedule built for another length than total, the run's optimizer steps
+    (RecurrentClassifier.optimizer_steps): onecycle would fail when it ran out of steps, cosine silently climb back."""
     total = int(total)
     for config in trainer.lr_scheduler_configs:
         built_for = getattr(config.scheduler, "total_steps", None) or getattr(config.scheduler, "T_max", None)
@@ -162,13 +144,9 @@ def check_schedule_length(trainer: L.Trainer, scheduler: str, total: float) -> N
 class RandomState(Callback):
     """Saves the random generators in every checkpoint and restores them on resume.
 
-    Lightning restores weights, optimizer, schedule and loop progress but not the generators, so
-    a resumed run would draw other dropout masks than the uninterrupted one. Under DDP each rank
-    has its own generators (each its own GPU's, say): every rank's are saved, and each rank gets
-    its own back. NumPy's generator is left out: nothing in training draws from it. (The order of
-    the training images does not come from these generators either: see `mnist_rnn.data.EpochShuffle`.)
-    Under DDP it also keeps each rank's own sums of the metrics a checkpoint carries (the training
-    accuracy of the part of an epoch done), of which the model's state_dict holds rank 0's only.
+    Lightning restores weights, optimizer, schedule and loop progress but not the generators, so a resumed run
+    would draw other dropout masks. Under DDP every rank's are saved and each rank gets its own back. NumPy's is
+    left out: nothing in training draws from it (nor does the images' order: see `mnist_rnn.data.EpochShuffle`).
     """
 
     def __init__(self) -> None:
@@ -190,8 +168,7 @@ class RandomState(Callback):
         rank, world = self._ranks()
         if world == 1:
             return state
-        # The metric sums a checkpoint keeps (train_acc over the part of an epoch done) are each
-        # rank's own; the model's state_dict in the checkpoint holds rank 0's only.
+        # The metric sums a checkpoint keeps (train_acc of the epoch's part done) are each rank's own; its state_dict has rank 0's.
         module = self._trainer.lightning_module
         state["metrics"] = {
             name: {key: value.cpu() for key, value in metric.state_dict().items()}

@@ -1,8 +1,5 @@
-"""Run folders: runs/<config>/version_<N>/, one per `fit`, never shared by two of them.
-
-What a run is named, where a config's runs are, which checkpoint of them is the newest, and how a file
-is written whole or not at all (`staged`).
-"""
+"""Run folders (runs/<config>/version_<N>/, one per `fit`, never shared): a run's name, a config's runs and
+their newest checkpoint, the logger that claims a folder, and how a file is written whole or not at all (`staged`)."""
 
 from __future__ import annotations
 
@@ -32,41 +29,35 @@ def version_of(folder: Path) -> Optional[int]:
     return int(number) if folder.name.startswith("version_") and number.isdigit() else None
 
 
-def run_versions(runs: Path) -> list[Path]:
-    """The run folders runs/<config>/version_<N>/, newest (highest N) first."""
-    folders = [p for p in runs.glob("version_*") if p.is_dir() and version_of(p) is not None]
-    return sorted(folders, key=version_of, reverse=True)
-
-
 def newest_checkpoint(runs: Path) -> Optional[Path]:
-    """The newest checkpoint of the newest run of a config that has one.
-
-    A run killed before its first checkpoint has nothing to resume and is passed over.
-    """
-    for run in run_versions(runs):
+    """The newest checkpoint of the newest run (highest N) of a config that has one: a run killed before its first
+    checkpoint has nothing to resume and is passed over."""
+    folders = [p for p in runs.glob("version_*") if p.is_dir() and version_of(p) is not None]
+    for run in sorted(folders, key=version_of, reverse=True):
         found = newest_in(run / "checkpoints")
         if found is not None:
             return found
     return None
 
 
+def logger_args(config) -> Any:
+    """The configured logger's init_args, or None when it has none."""
+    logger = config.trainer.get("logger")
+    return logger.get("init_args") if hasattr(logger, "get") else None
+
+
 def runs_folder(config) -> Optional[Path]:
     """runs/<config name>/ of the configured logger: where `--ckpt_path last` looks."""
-    logger = config.trainer.get("logger")
-    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    init_args = logger_args(config)
     if not init_args or init_args.get("save_dir") is None or init_args.get("name") is None:
         return None
     return Path(init_args.save_dir) / init_args.name
 
 
 def name_run(config) -> None:
-    """A run is named after the config that made it, so `--ckpt_path last` finds that config's runs.
-
-    A logger name given in a config or a flag is kept; otherwise `-c FILE` names the run after the
-    last such file's stem (runs/<stem>/), and a plain `mnist-rnn fit` is runs/default/.
-    """
-    logger = config.trainer.get("logger")
-    init_args = logger.get("init_args") if hasattr(logger, "get") else None
+    """A run is named after the config that made it, so `--ckpt_path last` finds that config's runs: a logger
+    name given in a config or a flag is kept, else the last `-c FILE` names it (runs/<stem>/), else runs/default/."""
+    init_args = logger_args(config)
     if not init_args or "name" not in init_args or init_args.get("name") is not None:
         return
     files = [str(f) for f in (config.get("config") or [])]
@@ -77,17 +68,14 @@ class RunLogger(TensorBoardLogger):
     """TensorBoardLogger that claims its version folder atomically, flushes at every checkpoint, and
     reports a full disk in one line naming the file.
 
-    TensorBoardLogger picks the version after the highest one it sees on disk, so two runs
-    started together both pick version_N and write their events, config and checkpoints into
-    the same folder. Creating the folder with `os.mkdir`, which fails when it already exists,
-    makes the pick and the claim one step: the second run moves on to version_N+1.
+    TensorBoardLogger picks the version after the highest on disk, so two runs started together would
+    share version_N; `os.mkdir`, which fails on an existing folder, makes the pick and the claim one step.
     """
 
     def __init__(self, *args: Any, purge_step: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(*args, purge_step=purge_step, **kwargs)
-        # Set by resume.continue_run to the checkpoint's step. Resumed from a checkpoint written at an
-        # epoch's end, Lightning runs that epoch's end hooks again and logs below it (train/acc, found
-        # by the kill soak): those points are in the run already, unless a kill came first.
+        # Set by resume.continue_run to the checkpoint's step: resumed from an epoch's end, Lightning runs its end
+        # hooks again and logs below it (train/acc, found by the kill soak), points the run has unless a kill came first.
         self.resumed_at = purge_step
 
     def _get_next_version(self) -> int:
@@ -149,10 +137,9 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def after_save_checkpoint(self, checkpoint_callback) -> None:
-        # What was logged up to a checkpoint reaches the disk with it (SummaryWriter otherwise keeps
-        # up to two minutes in memory), so a run killed later and resumed from that checkpoint has
-        # no gap in its curves. The checkpoint's own step logs its scalars just after the checkpoint
-        # callbacks ran: those are flushed as soon as they come (log_metrics below).
+        # What was logged up to a checkpoint reaches the disk with it (SummaryWriter otherwise keeps up to two
+        # minutes in memory), so a run resumed from it has no gap in its curves; the checkpoint's own step logs
+        # its scalars just after the checkpoint callbacks ran: those are flushed as they come (log_metrics).
         self.experiment.flush()
         self._flush_next = True
 

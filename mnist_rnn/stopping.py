@@ -1,12 +1,5 @@
-"""Stopping a run without losing finished work or saving a broken state: two callbacks.
-
-- `StopOnSignal`: Ctrl-C (SIGINT) or SIGTERM lets the current batch finish (and, when a validation
-  is due after it, that validation and one more batch), saves last.ckpt there and stops with
-  `TrainingStopped`, whose message the CLI completes with the command that resumes; under DDP
-  every rank stops after the same step.
-- `StopOnNonFinite`: a loss or weights that are no longer finite stop training with
-  `TrainingDiverged` before any checkpoint of that state is written.
-"""
+"""Stopping a run without losing finished work (`StopOnSignal`: Ctrl-C or SIGTERM) or saving a broken state
+(`StopOnNonFinite`: a loss or weights no longer finite)."""
 
 from __future__ import annotations
 
@@ -33,16 +26,15 @@ def checkpoint_folder(trainer: L.Trainer) -> Path:
 class StopOnSignal(Callback):
     """SIGINT (Ctrl-C) and SIGTERM: finish the batch, save last.ckpt, stop; under DDP every rank together.
 
-    The launching process decides: after every training batch, every rank learns from rank 0
-    whether a stop was asked for (one small broadcast, only when there are several processes),
-    so all of them save and stop after the same step. `kill` reaches only the launching
-    process, and a terminal's Ctrl-C reaches every process of the run: either way rank 0's word
-    counts. A second signal stops at once; the newest checkpoint on disk is still whole, because
-    checkpoints are written atomically (`SafeCheckpointIO`).
+    The stop is a `TrainingStopped`, to which the CLI adds the command that resumes. After every training batch
+    each rank learns from rank 0 whether a stop was asked for (one small broadcast, only with several processes),
+    so all save and stop after the same step; rank 0's word counts whether `kill` reached the launching process
+    alone or Ctrl-C every process. A second signal stops at once; the newest checkpoint is still whole
+    (`SafeCheckpointIO` writes atomically).
 
-    This replaces Lightning's SIGTERM handling during training (lightning 2.6.6): its handler
-    broadcasts from inside the signal handler, a collective that can meet another rank's gradient
-    all-reduce instead of its own broadcast, and its stop raises where no checkpoint is saved.
+    This replaces Lightning's SIGTERM handling during training (lightning 2.6.6): its handler broadcasts from
+    inside the signal handler, a collective that can meet another rank's gradient all-reduce instead of its own
+    broadcast, and its stop raises where no checkpoint is saved.
 
     Args:
         filename: File in the run's checkpoints folder that a stop on a signal writes.
@@ -55,8 +47,7 @@ class StopOnSignal(Callback):
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Installed here, not in setup(): Lightning installs its own SIGTERM handler just before
-        # training, and this one must come after it.
+        # Installed here, not in setup(): Lightning installs its own SIGTERM handler just before training, and this must follow.
         self._signum = None
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
@@ -84,24 +75,21 @@ class StopOnSignal(Callback):
         )
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handlers()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore_handlers()
-
-    def _restore_handlers(self) -> None:
         # Restored before Lightning's teardown, which then puts back the handlers from before fit.
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)
+
 
 class StopOnNonFinite(Callback):
     """A loss or weights that are no longer finite stop training before that state is saved.
 
-    The loss is checked at the end of every batch (before the checkpoint callbacks, which Lightning
-    runs last), the weights whenever a checkpoint is about to be written: checking every weight
-    every step would cost a tenth of a step at batch 10.
+    The stop is a `TrainingDiverged`. The loss is checked after every batch (before the checkpoint callbacks,
+    which Lightning runs last), the weights only before a checkpoint is written: checking every weight every
+    step would cost a tenth of a step at batch 10.
     """
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
