@@ -20,7 +20,6 @@ FIT_METRICS = ("val/acc_best", "val/acc", "val/loss", "train/acc", "train/loss")
 # A search's settings and their defaults; params: name -> (kind, keywords of trial.suggest_<kind>).
 SEARCH = {"params": {}, "n_trials": None, "metric": "val/acc_best", "direction": "maximize", "sampler": "tpe",
           "sampler_seed": None, "pruner": "median"}
-KEYS = {"": ("name", "base", "overrides", "seeds", "search"), "param": ("type", "low", "high", "step", "log", "choices")}
 RESERVED = ("trainer.logger.", "ckpt_path.")  # set by the sweep for every trial (with a dot: whole names only)
 GROUPS = {"trainer", "model", "data"}  # the fit config's sections that hold settings of their own
 MAX_SEEDS = 10_000  # a larger count is a typo, not a sweep (each seed is a whole fit), and would fill memory as a list
@@ -72,7 +71,7 @@ def load_spec(given: str) -> Spec:
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             raise SweepError(f"cannot be read as YAML ({err})") from None
         need(isinstance(raw, dict), "must be a YAML mapping with base/overrides and seeds or search")
-        known(raw, "", KEYS[""])
+        known(raw, "", ("name", "base", "overrides", "seeds", "search"))
         name = str(raw.get("name") or path.stem)
         # Letters, digits, . _ - only: a newline or a NUL would split the one-line messages or the folder's path.
         need(re.fullmatch(r"[\w.-]+", name) and name not in (".", ".."),
@@ -112,7 +111,7 @@ def load_spec(given: str) -> Spec:
 
 def distribution(at: str, rule: Any) -> tuple[str, dict]:
     need(isinstance(rule, dict), f"{at} must be a mapping: {{low: .., high: .., log: true}} or {{choices: [..]}}")
-    known(rule, f"{at}.", KEYS["param"])
+    known(rule, f"{at}.", ("type", "low", "high", "step", "log", "choices"))
     low, high, choices = rule.get("low"), rule.get("high"), rule.get("choices")
     kind = rule.get("type") or ("categorical" if "choices" in rule else "int" if type(low) is type(high) is int else "float")
     if kind == "categorical":
