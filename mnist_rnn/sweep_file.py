@@ -26,13 +26,12 @@ MAX_SEEDS = 10_000  # a larger count is a typo, not a sweep (each seed is a whol
 
 
 class Spec(SimpleNamespace):  # path, name, base (paths), overrides, seeds (None for a search), and the keys of SEARCH
-
     def as_dict(self) -> dict:  # what makes two runs the same sweep (kept in the study, compared on --resume)
         # The base configs' text, not their paths: machines sharing a study install them in different places.
         settings = {**vars(self), "base": [p.read_text() for p in self.base]}
         return json.loads(json.dumps({k: v for k, v in settings.items() if k not in ("path", "name")}))  # as stored
 
-    def fit_args(self) -> list[str]:  # the base configs, then the overrides (a -c value that is no file is YAML, merged alike)
+    def fit_args(self) -> list[str]:  # the base configs, then the overrides (a -c value that is not a file is read as YAML text)
         args = [arg for path in self.base for arg in ("-c", str(path))]
         overrides = yaml.safe_dump(self.overrides, default_flow_style=True, width=10**6).strip()
         return args + (["-c", overrides] if self.overrides else [])
@@ -144,7 +143,7 @@ def flag(name: str, value: Any) -> str:  # --name=value as the fit parser reads 
     return f"--{name}={value if isinstance(value, str) else json.dumps(value)}"
 
 
-def parse_fit(args: list[str], refused: str) -> dict:  # the whole `fit` config they give: LightningCLI's --print_config, here
+def parse_fit(args: list[str], refused: str) -> dict:  # the whole `fit` config they give: LightningCLI's --print_config, in this process
     from mnist_rnn.cli import cli_main
 
     out, err = io.StringIO(), io.StringIO()
