@@ -1,9 +1,6 @@
-"""`mnist-rnn sweep`: an Optuna study (SQLite in runs/<name>/sweep.db, or --storage URL) and workers calling
-`study.optimize` on it (Optuna's "easy parallelization": --parallel N processes, other machines on one --storage).
-A trial is an ordinary `fit` in the worker's process, then `trainer.test` of its best checkpoint. A killed worker's
-trial loses its heartbeat and Optuna's retry queues it again (a stopped one at once); the retry resumes from last.ckpt."""
-
-from __future__ import annotations
+"""`mnist-rnn sweep`: workers calling `study.optimize` on one Optuna study (runs/<name>/sweep.db, or --storage URL shared by
+machines; --parallel N processes). A trial is a `fit` in its worker's process, then `trainer.test` of its best checkpoint; a
+killed trial loses its heartbeat and Optuna's retry queues it again (a stopped one at once), to resume from its last.ckpt."""
 
 import contextlib
 import csv
@@ -22,17 +19,15 @@ from typing import Any, Optional
 
 import optuna
 from lightning.pytorch.callbacks import LambdaCallback
-from optuna.storages import RDBStorage, fail_stale_trials
-from optuna.storages import RetryHeartbeatStaleTrialCallback as Retry
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from mnist_rnn import hardware, resume, runs
 from mnist_rnn.errors import MnistRnnError, TrainingStopped
-from mnist_rnn.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner
+from mnist_rnn.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner, need
 
-# A worker beats every 5 s while its trial runs; 6 missed beats in a row (30 s) mean it is gone.
-# A --resume after a kill waits that long before it retries the killed trial.
+# A worker beats every 5 s while its trial runs; 30 s without a beat mean it is gone (a --resume after a kill waits that long).
 HEARTBEAT_S, GRACE_S = 5, 30
 SQLITE_TIMEOUT_S = 60  # how long a writer waits for SQLite's lock (a trial writes once per epoch and beat)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -40,13 +35,12 @@ STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the shell's status of a
 # This module runs the sweep command only (and its spawned workers import it): Optuna is quiet for both.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry helpers
 optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
-RETRY = Retry(inherit_intermediate_values=True)
+RETRY = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)  # its static methods read a trial's retries
 AGAIN = "the finished trials are kept; free space, then resume the sweep (--resume)"  # the full-disk line's advice
 
 
 @contextlib.contextmanager
-def logged_to(log: Path):
-    """A fit's or test's output into the run's log, line by line (a kill loses nothing written)."""
+def logged_to(log: Path):  # a fit's or test's output into the run's log, line by line (a kill loses nothing written)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", buffering=1) as handle, contextlib.redirect_stdout(handle), contextlib.redirect_stderr(handle):
         logging.disable(logging.INFO)  # Lightning's info lines go to handlers bound to the terminal
@@ -54,16 +48,6 @@ def logged_to(log: Path):
             yield handle
         finally:
             logging.disable(logging.NOTSET)
-
-
-def write(path: Path, rows: Any) -> None:
-    """The file whole or not at all (the one before stays): JSON, or CSV rows."""
-    with runs.staged(path, then=AGAIN) as staging, open(staging, "w", newline="") as handle:
-        if isinstance(rows, dict):
-            json.dump(rows, handle, indent=1)
-        else:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader(), writer.writerows(rows)
 
 
 def settings(params: dict) -> str:
@@ -75,11 +59,9 @@ class Sweep:
         self.spec, self.folder, self.threads = spec, folder, threads
         storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {},
                              heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=RETRY)
-        # load_if_exists: workers and machines that start together all find the one study.
         self.study = optuna.create_study(storage=storage, study_name=spec.name, pruner=make_pruner(spec),
-                                         direction=spec.direction, load_if_exists=True)
-        # Worker i of a study holding k trials samples with sampler_seed + 1000 k + i: with one seed, parallel
-        # workers and a resumed sweep would draw the same first settings again (seen on both).
+                                         direction=spec.direction, load_if_exists=True)  # workers starting together find one study
+        # Worker i of a study of k trials: sampler_seed + 1000 k + i (one seed gave parallel workers and resumes the same first settings).
         seed = None if spec.sampler_seed is None else spec.sampler_seed + 1000 * len(self.trials()) + worker
         self.study.sampler = (optuna.samplers.RandomSampler if spec.sampler == "random" else optuna.samplers.TPESampler)(seed=seed)
 
@@ -101,13 +83,11 @@ class Sweep:
         return len(self.trials(*DONE))
 
     def enough(self) -> bool:
-        """MaxTrialsCallback's rule counting the trials under way too (N workers stop at n_trials, not n_trials + N - 1);
-        a seed sweep's trials come from its queue only."""
+        """MaxTrialsCallback's rule counting running trials (N workers stop at n_trials, not n_trials + N - 1), or an empty seed queue."""
         under_way = len(self.trials(*DONE, TrialState.RUNNING))
         return under_way >= self.spec.n_trials or bool(self.spec.seeds and not self.trials(TrialState.WAITING))
 
-    def work(self) -> None:
-        """Trials until the study has enough; then wait for other workers' (a dead one's is retried here)."""
+    def work(self) -> None:  # trials until the study has enough, then a wait for other workers' (a dead one's is retried here)
         for waited in itertools.count():
             fail_stale_trials(self.study)
             if not self.enough():
@@ -126,14 +106,14 @@ class Sweep:
         spec, started = self.spec, time.perf_counter()
         params = {name: getattr(trial, f"suggest_{kind}")(name, **keywords) for name, (kind, keywords) in spec.params.items()}
         seed = trial.suggest_categorical("seed", spec.seeds) if spec.seeds else None
-        origin = Retry.retried_trial_number(self.trials()[trial.number])
+        origin = RETRY.retried_trial_number(self.trials()[trial.number])
         run = self.folder / (f"seed_{seed}" if spec.seeds else f"trial_{trial.number if origin is None else origin:03d}")
         again = "" if origin is None else f" (trial {origin} again)"
         print(f"trial {trial.number}{again}: {settings(params) or f'seed {seed}'}", flush=True)
         # devices: `auto` would be every GPU, under DDP (see check_spec); --ckpt_path: an earlier attempt's last.ckpt.
-        args = ["fit", *spec.fit_args(), *(flag(k, v) for k, v in params.items()), flag("trainer.devices", 1),
-                flag("trainer.logger.init_args.save_dir", str(self.folder)), flag("trainer.logger.init_args.name", run.name),
-                *([flag("seed_everything", seed)] if seed is not None else []), *([flag("threads", self.threads)] if self.threads else []),
+        fixed = {"trainer.devices": 1, "trainer.logger.init_args.save_dir": str(self.folder), "trainer.logger.init_args.name": run.name,
+                 "seed_everything": seed, "threads": self.threads}  # None (no seed, one trial at a time): not passed
+        args = ["fit", *spec.fit_args(), *(flag(k, v) for k, v in params.items()), *(flag(k, v) for k, v in fixed.items() if v is not None),
                 *(["--ckpt_path", resume.LAST] if runs.newest_checkpoint(run) is not None else [])]
         # Persistent callbacks (LightningCLI's trainer_defaults), not in config.yaml: that reruns the trial as a plain fit.
         # The metrics are recorded at every validation, before the pruner's verdict, and for a retry if a kill comes next.
@@ -173,7 +153,7 @@ class Sweep:
         return wall_s
 
     def summarize(self) -> None:  # results.csv, summary.json and the lines about the best trial, read from the study
-        retried = {n for t in self.trials() for n in Retry.retry_history(t)}
+        retried = {n for t in self.trials() for n in RETRY.retry_history(t)}
         keys = dict.fromkeys([self.spec.metric, "val/acc_best", "test/acc", "wall_s", "run", "best_checkpoint"])
         rows = [{"trial": t.number, "state": t.state.name.lower(), **t.params, **{k: t.user_attrs.get(k) for k in keys}}
                 for t in sorted(self.trials(*DONE, TrialState.FAIL), key=lambda t: t.params.get("seed", 0)) if t.number not in retried]
@@ -191,13 +171,17 @@ class Sweep:
                            test_command=command)
             of = f"over {len(tests)} seed{'s' * (len(tests) > 1)}" if self.spec.seeds else f"of the best trial ({best.number})"
             spread = f" ± {std:.2%} (mean ± sample std), min {min(tests):.2%}, max {max(tests):.2%}" if std is not None else ""
-            print(f"\ntest/acc {of}: {mean:.2%}{spread}" + ("" if self.spec.seeds else f"\nbest trial: {best.number},"
-                  f" {self.spec.metric} {best.value:.4f}: {settings(best.params)}") + f"\nbest checkpoint: {checkpoint}")
-            print(f"test it: {command}")
+            chosen = "" if self.spec.seeds else f"\nbest trial: {best.number}, {self.spec.metric} {best.value:.4f}: {settings(best.params)}"
+            print(f"\ntest/acc {of}: {mean:.2%}{spread}{chosen}\nbest checkpoint: {checkpoint}\ntest it: {command}")
+        # Both files whole or not at all (the ones before stay).
         if rows:
-            write(csv_path, rows)
+            with runs.staged(csv_path, then=AGAIN) as staging, open(staging, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
             print(f"results: {csv_path}  (tensorboard --logdir {self.folder}: HPARAMS compares the trials)")
-        write(self.folder / "summary.json", summary)
+        with runs.staged(self.folder / "summary.json", then=AGAIN) as staging:
+            staging.write_text(json.dumps(summary, indent=1))
 
 
 def worker(spec: Spec, folder: Path, url: str, threads: Optional[int], index: int) -> None:
@@ -227,15 +211,13 @@ def run_workers(spec: Spec, folder: Path, url: str, threads: int, n: int) -> lis
 
 
 def run(options) -> None:
-    if options.parallel < 1:
-        raise SweepError(f"--parallel must be at least 1, got {options.parallel}")
+    need(options.parallel >= 1, f"--parallel must be at least 1, got {options.parallel}")
     spec = load_spec(options.config)
     folder = check_spec(spec)
     database = folder / "sweep.db"
-    if not options.storage and database.is_file() != options.resume:
-        raise SweepError(f"{folder}/ already holds the sweep {spec.name}; continue it with --resume, or give the sweep file"
-                         " another name: (nothing there is overwritten)" if database.is_file() else
-                         f"--resume: no sweep to continue in {folder}/; start it without --resume")
+    need(options.storage or database.is_file() == options.resume, f"{folder}/ already holds the sweep {spec.name}; continue it with"
+         " --resume, or give the sweep file another name: (nothing there is overwritten)" if database.is_file() else
+         f"--resume: no sweep to continue in {folder}/; start it without --resume")
     url = options.storage or f"sqlite:///{database.resolve()}"  # absolute: jsonargparse changes folder reading a config
     folder.mkdir(parents=True, exist_ok=True)
     threads = max(1, hardware.cores() // options.parallel) if options.parallel > 1 else None  # N trials share the cores

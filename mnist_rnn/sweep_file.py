@@ -1,8 +1,6 @@
 """The sweep file of `mnist-rnn sweep` (docs/sweep.md): base configs plus overrides, and `seeds:` (a list, or
 a count meaning 1..N) or `search:` (Optuna distributions over fit options), checked before any trial starts."""
 
-from __future__ import annotations
-
 import contextlib
 import difflib
 import io
@@ -14,7 +12,6 @@ from typing import Any, Optional
 
 import optuna
 import yaml
-from optuna.distributions import FloatDistribution, IntDistribution
 
 from mnist_rnn.errors import ConfigError as SweepError  # the sweep file, its base config or the sweep folder
 
@@ -23,22 +20,18 @@ FIT_METRICS = ("val/acc_best", "val/acc", "val/loss", "train/acc", "train/loss")
 # A search's settings and their defaults; params: name -> (kind, keywords of trial.suggest_<kind>).
 SEARCH = {"params": {}, "n_trials": None, "metric": "val/acc_best", "direction": "maximize", "sampler": "tpe",
           "sampler_seed": None, "pruner": "median"}
-KEYS = {"": ("name", "base", "overrides", "seeds", "search"), "param": ("type", "low", "high", "step", "log", "choices")}
 RESERVED = ("trainer.logger.", "ckpt_path.")  # set by the sweep for every trial (with a dot: whole names only)
 GROUPS = {"trainer", "model", "data"}  # the fit config's sections that hold settings of their own
-MAX_SEEDS = 10_000
+MAX_SEEDS = 10_000  # a larger count is a typo, not a sweep (each seed is a whole fit), and would fill memory as a list
 
 
-class Spec(SimpleNamespace):
-    """path, name, base (paths), overrides, seeds (None for a search), and the keys of SEARCH."""
-
+class Spec(SimpleNamespace):  # path, name, base (paths), overrides, seeds (None for a search), and the keys of SEARCH
     def as_dict(self) -> dict:  # what makes two runs the same sweep (kept in the study, compared on --resume)
         # The base configs' text, not their paths: machines sharing a study install them in different places.
         settings = {**vars(self), "base": [p.read_text() for p in self.base]}
         return json.loads(json.dumps({k: v for k, v in settings.items() if k not in ("path", "name")}))  # as stored
 
-    def fit_args(self) -> list[str]:
-        """The base configs, then the overrides (a -c value that is not a file is YAML text, merged as a file is)."""
+    def fit_args(self) -> list[str]:  # the base configs, then the overrides (a -c value that is not a file is read as YAML text)
         args = [arg for path in self.base for arg in ("-c", str(path))]
         overrides = yaml.safe_dump(self.overrides, default_flow_style=True, width=10**6).strip()
         return args + (["-c", overrides] if self.overrides else [])
@@ -62,8 +55,7 @@ def known(mapping: dict, at: str, keys: tuple[str, ...]) -> None:
     need(not unknown, f"unknown key {at}{unknown[0] if unknown else ''}; the keys are {', '.join(keys)}")
 
 
-def find_config(name: str, near: Optional[Path] = None) -> Optional[Path]:
-    """A config as given, next to `near`, or among the packaged configs, as `mnist-rnn fit -c` finds them."""
+def find_config(name: str, near: Optional[Path] = None) -> Optional[Path]:  # as given, next to `near`, or packaged (as fit -c)
     from mnist_rnn.cli import config_file  # cli.py never imports the sweep: no circle
 
     return next((p for p in (Path(name), *([near / name] if near else []), Path(config_file(name))) if p.is_file()), None)
@@ -78,7 +70,7 @@ def load_spec(given: str) -> Spec:
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             raise SweepError(f"cannot be read as YAML ({err})") from None
         need(isinstance(raw, dict), "must be a YAML mapping with base/overrides and seeds or search")
-        known(raw, "", KEYS[""])
+        known(raw, "", ("name", "base", "overrides", "seeds", "search"))
         name = str(raw.get("name") or path.stem)
         # Letters, digits, . _ - only: a newline or a NUL would split the one-line messages or the folder's path.
         need(re.fullmatch(r"[\w.-]+", name) and name not in (".", ".."),
@@ -95,7 +87,6 @@ def load_spec(given: str) -> Spec:
         need(seeds is not None or search is not None, "give seeds: (a list, or a count) or search: (params and n_trials)")
         need(seeds is None or search is None, "give seeds: or search:, not both; search, then run the best settings over seeds")
         if search is None:
-            # A count beyond MAX_SEEDS is a typo, not a sweep (each seed is a whole fit), and would fill memory as a list.
             spec.seeds = list(range(1, seeds + 1)) if type(seeds) is int and seeds <= MAX_SEEDS else seeds
             need(isinstance(spec.seeds, list) and spec.seeds and all(type(s) is int for s in spec.seeds),
                  f"seeds must be a non-empty list of integers or a positive count, got {seeds!r}")
@@ -119,7 +110,7 @@ def load_spec(given: str) -> Spec:
 
 def distribution(at: str, rule: Any) -> tuple[str, dict]:
     need(isinstance(rule, dict), f"{at} must be a mapping: {{low: .., high: .., log: true}} or {{choices: [..]}}")
-    known(rule, f"{at}.", KEYS["param"])
+    known(rule, f"{at}.", ("type", "low", "high", "step", "log", "choices"))
     low, high, choices = rule.get("low"), rule.get("high"), rule.get("choices")
     kind = rule.get("type") or ("categorical" if "choices" in rule else "int" if type(low) is type(high) is int else "float")
     if kind == "categorical":
@@ -131,7 +122,7 @@ def distribution(at: str, rule: Any) -> tuple[str, dict]:
     need(low < high, f"{at} is an empty range (low {low} >= high {high}); make low smaller than high")
     keywords = {"low": low, "high": high, "step": rule.get("step") or (1 if kind == "int" else None), "log": bool(rule.get("log"))}
     try:  # Optuna's own checks (log needs low > 0, a step must divide the range...), now rather than mid-sweep
-        (IntDistribution if kind == "int" else FloatDistribution)(**keywords)
+        (optuna.distributions.IntDistribution if kind == "int" else optuna.distributions.FloatDistribution)(**keywords)
     except (ValueError, TypeError) as err:
         raise SweepError(f"{at}: {err}") from None
     return kind, keywords
@@ -148,13 +139,11 @@ def make_pruner(spec: Spec) -> optuna.pruners.BasePruner:
         raise SweepError(f"search.pruner {err}") from None
 
 
-def flag(name: str, value: Any) -> str:
-    """--name=value as the fit parser reads it (JSON for anything but plain strings)."""
+def flag(name: str, value: Any) -> str:  # --name=value as the fit parser reads it (JSON for anything but plain strings)
     return f"--{name}={value if isinstance(value, str) else json.dumps(value)}"
 
 
-def parse_fit(args: list[str], refused: str) -> dict:
-    """The complete `fit` config these arguments give: LightningCLI's own `--print_config`, in this process."""
+def parse_fit(args: list[str], refused: str) -> dict:  # the whole `fit` config they give: LightningCLI's --print_config, in this process
     from mnist_rnn.cli import cli_main
 
     out, err = io.StringIO(), io.StringIO()
