@@ -51,7 +51,7 @@ def about(path: Path):  # every refusal inside names the sweep file first
 
 
 def known(mapping: dict, at: str, keys: tuple[str, ...]) -> None:
-    unknown = sorted(set(mapping) - set(keys))
+    unknown = sorted(set(mapping) - set(keys), key=str)  # YAML keys may be numbers too
     need(not unknown, f"unknown key {at}{unknown[0] if unknown else ''}; the keys are {', '.join(keys)}")
 
 

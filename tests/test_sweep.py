@@ -358,6 +358,17 @@ def test_bad_sweep_files_are_refused_before_any_trial(tmp_path, content, culprit
     assert not (tmp_path / "runs").exists()  # refused before any trial started
 
 
+def test_a_sweep_file_whose_keys_mix_numbers_and_names_is_refused_in_one_line(tmp_path):
+    # Sorting the unknown keys once raised TypeError ('<' between str and int): a report-this line.
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text(f"base: {TINY}\nseeds: 2\n1: a\nextra: b\n")
+    status, _, err = run_main("sweep", "-c", str(sweep), cwd=tmp_path)
+    lines = err.strip().splitlines()
+    assert status == 2 and len(lines) == 1 and lines[0].startswith("mnist-rnn: error: "), err
+    assert "unknown key 1; the keys are" in lines[0]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_missing_sweep_file_and_bad_options_are_one_line_errors(tmp_path):
     for args, culprit in [
         (["-c", "nowhere.yaml"], "sweep file nowhere.yaml not found"),
