@@ -1,13 +1,12 @@
 """The training logic: steps, metrics, optimizers and schedules around `mnist_rnn.network.RecurrentNet`.
 
-The network (the recurrent stack, the head, weight init, image-to-sequence) lives in
-network.py; this LightningModule adds what training needs. Its settings are saved with every
-checkpoint (`save_hyperparameters`), so a checkpoint alone rebuilds the same network, reads
-images the same way and keeps the same permutation.
+Its settings are saved with every checkpoint (`save_hyperparameters`), so a checkpoint alone
+rebuilds the same network, reads images the same way and keeps the same permutation.
 """
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import Any, Literal
 
@@ -82,47 +81,32 @@ class RecurrentClassifier(L.LightningModule):
                 epoch. Not with trainer.gradient_clip_val (Lightning clips only one step per batch).
         """
         super().__init__()
-        if hidden_size < 1:
-            raise ConfigError(f"model.hidden_size must be at least 1, got {hidden_size}")
-        if num_layers < 1:
-            raise ConfigError(f"model.num_layers must be at least 1, got {num_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}")
-        if not lr > 0:
-            raise ConfigError(f"model.lr must be positive, got {lr}")
-        if not lr <= FLOAT32_MAX:  # the optimizers multiply float32 tensors by it
-            raise ConfigError(f"model.lr must be at most {FLOAT32_MAX:.3g}, got {lr}")
-        if weight_decay < 0:
-            raise ConfigError(f"model.weight_decay must not be negative, got {weight_decay}")
-        if sequence == "permuted" and permutation_seed < 0:
-            raise ConfigError(f"model.permutation_seed must not be negative, got {permutation_seed}")
-        if not weight_decay <= FLOAT32_MAX:
-            raise ConfigError(f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}")
-        if not 0.0 < warmup_pct < 1.0:
-            raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        if scheduler != "none" and scheduler not in SCHEDULERS:
-            raise ConfigError(f"model.scheduler must be none, {' or '.join(SCHEDULERS)}, got {scheduler!r}")
+        refused = [  # (wrong, message): the first wrong setting is refused
+            (hidden_size < 1, f"model.hidden_size must be at least 1, got {hidden_size}"),
+            (num_layers < 1, f"model.num_layers must be at least 1, got {num_layers}"),
+            (not 0.0 <= dropout < 1.0, f"model.dropout must lie in [0, 1), got {dropout}"),
+            (not lr > 0, f"model.lr must be positive, got {lr}"),
+            # The optimizers multiply float32 tensors by lr and weight_decay.
+            (not lr <= FLOAT32_MAX, f"model.lr must be at most {FLOAT32_MAX:.3g}, got {lr}"),
+            (weight_decay < 0, f"model.weight_decay must not be negative, got {weight_decay}"),
+            (sequence == "permuted" and permutation_seed < 0, f"model.permutation_seed must not be negative, got {permutation_seed}"),
+            (not weight_decay <= FLOAT32_MAX, f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}"),
+            (not 0.0 < warmup_pct < 1.0, f"model.warmup_pct must lie in (0, 1), got {warmup_pct}"),
+            (optimizer not in OPTIMIZERS, f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"),
+            (scheduler != "none" and scheduler not in SCHEDULERS,
+             f"model.scheduler must be none, {' or '.join(SCHEDULERS)}, got {scheduler!r}"),
+        ]
+        for wrong, message in refused:
+            if wrong:
+                raise ConfigError(message)
         self.steps_per_execution = StepsPerExecution(steps_per_execution)  # checks it
         self.save_hyperparameters()
         # Several optimizer steps per Lightning step need manual optimization (training_step steps).
         self.automatic_optimization = not self.steps_per_execution.several
-
-        self.net = RecurrentNet(
-            hidden_size=hidden_size,
-            num_layers=num_layers,
-            dropout=dropout,
-            bidirectional=bidirectional,
-            cell=cell,
-            sequence=sequence,
-            permutation_seed=permutation_seed,
-            forget_bias=forget_bias,
-            recurrent_init=recurrent_init,
-        )
+        # The network's own settings (the model's first nine, docs/layout.md), as saved.
+        self.net = RecurrentNet(**{name: self.hparams[name] for name in inspect.signature(RecurrentNet).parameters})
         # Checkpoints of the earlier layout load too, through every path (Trainer, load_from_checkpoint).
         self.register_load_state_dict_pre_hook(_upgrade_legacy_keys)
-
         # One metric object per stage, so their states never mix. validate_args=False on the
         # training metric: its input checks cost more than the update itself at small batches.
         self.train_acc = MulticlassAccuracy(NUM_CLASSES, average="micro", validate_args=False)
@@ -157,36 +141,30 @@ class RecurrentClassifier(L.LightningModule):
         self.train_acc.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        if not self.automatic_optimization:
-            return self._several_steps(batch)
-        loss, preds, labels = self.model_step(batch)
+        if self.automatic_optimization:
+            loss, preds, labels = self.model_step(batch)
+            logged, steps_taken = loss, self.global_step + 1  # Lightning counts this step after training_step
+        else:
+            # One optimizer step per batch of the list (steps_per_execution.py), each already counted.
+            losses, preds, labels = self.steps_per_execution.train(self, batch)
+            logged, steps_taken = losses[-1], self.global_step
+            loss = losses.mean()  # non-finite if any step's loss was (StopOnNonFinite reads it)
         # Accuracy over the epoch's batches (logged in on_train_epoch_end): a single batch's
         # accuracy, the notebook's "minibatch accuracy", is too noisy to read at small batches.
         self.train_acc.update(preds, labels)
         # self.log costs about as much as a whole training step at batch 10 (Lightning re-homes
         # its result store on every call), so the loss is logged only on the steps the logger
         # writes: the same points on the dashboard, a fraction of the cost.
-        if (self.global_step + 1) % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+        if steps_taken % max(self.trainer.log_every_n_steps, 1) == 0:
+            self.log("train/loss", logged, on_step=True, on_epoch=False, prog_bar=True)
         return loss
-
-    def _several_steps(self, batches: list) -> torch.Tensor:
-        """steps_per_execution > 1: one optimizer step per batch of the list (steps_per_execution.py)."""
-        losses, preds, labels = self.steps_per_execution.train(self, batches)
-        # Once per Lightning step, off the per-step path.
-        self.train_acc.update(preds, labels)
-        if self.global_step % max(self.trainer.log_every_n_steps, 1) == 0:
-            self.log("train/loss", losses[-1], on_step=True, on_epoch=False, prog_bar=True)
-        # Non-finite if any step's loss was (StopOnNonFinite reads it).
-        return losses.mean()
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
         self.steps_per_execution.before_batch(self.attached_trainer(), batch)
         return batch
 
     def on_train_epoch_end(self) -> None:
-        # compute() already gathers all ranks; sync_dist only averages equal values (and tells
-        # Lightning so).
+        # compute() already gathers all ranks; sync_dist only averages equal values (and tells Lightning so).
         self.log("train/acc", self.train_acc.compute(), prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -211,8 +189,7 @@ class RecurrentClassifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         images, labels = batch
-        probs = self(images).float().softmax(dim=1)
-        return {"probs": probs, "labels": labels}
+        return {"probs": self(images).float().softmax(dim=1), "labels": labels}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The precision the weights were trained in: test, validate, predict and a resumed fit use it.
@@ -245,8 +222,7 @@ class RecurrentClassifier(L.LightningModule):
         optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, clipping)
         if hp.scheduler == "none":
             return optimizer
-        total_steps = int(self.optimizer_steps())
-        scheduler = SCHEDULERS[hp.scheduler](optimizer, hp.lr, total_steps, hp.warmup_pct)
+        scheduler = SCHEDULERS[hp.scheduler](optimizer, hp.lr, int(self.optimizer_steps()), hp.warmup_pct)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
@@ -265,9 +241,7 @@ OPTIMIZERS = {
 
 # The schedules model.scheduler names, stepped every batch: (optimizer, peak lr, total steps, warm-up share).
 SCHEDULERS = {
-    "onecycle": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=lr, total_steps=total, pct_start=warmup
-    ),
+    "onecycle": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=warmup),
     "cosine": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total),
 }
 

@@ -1,8 +1,7 @@
 """The network: an LSTM or GRU reads an image as a sequence, a linear head reads its final state.
 
-A plain `nn.Module`, free of training concerns, so it can be used, exported or inspected on its
-own. It owns the image-to-sequence step (rows, pixels or permuted pixels) and the permutation
-itself (a buffer), so the weights alone say how to read an image.
+A plain `nn.Module`, free of training concerns, so it can be used, exported or inspected on its own.
+It holds the permutation of sequence=permuted as a buffer, so the weights alone say how to read an image.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from torch import nn
 
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
-
-Sequence = Literal["rows", "pixels", "permuted"]
 
 
 def pixel_permutation(seed: int) -> torch.Tensor:
@@ -33,7 +30,7 @@ class RecurrentNet(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         cell: Literal["lstm", "gru"] = "lstm",
-        sequence: Sequence = "rows",
+        sequence: Literal["rows", "pixels", "permuted"] = "rows",
         permutation_seed: int = 0,
         forget_bias: float = 1.0,
         recurrent_init: Literal["default", "orthogonal", "identity"] = "default",
@@ -52,33 +49,21 @@ class RecurrentNet(nn.Module):
             batch_first=True,
         )
         self.head = nn.Linear(hidden_size * (2 if bidirectional else 1), NUM_CLASSES)
-        self._init_recurrent_weights(recurrent_init)
-        if cell == "lstm":
-            self._init_forget_bias(forget_bias)
+        with torch.no_grad():
+            for name, param in self.rnn.named_parameters():
+                if name.startswith("weight_hh") and recurrent_init != "default":
+                    for block in param.split(hidden_size):  # one (hidden x hidden) block per gate
+                        if recurrent_init == "orthogonal":
+                            nn.init.orthogonal_(block)
+                        else:
+                            block.copy_(torch.eye(hidden_size))
+                if name.startswith("bias") and cell == "lstm":
+                    # PyTorch packs the gates as (input, forget, cell, output) and adds two bias
+                    # vectors, so the forget gate's effective bias is the sum of both slices.
+                    param[hidden_size : 2 * hidden_size].fill_(forget_bias / 2)
         if sequence == "permuted":
             # A buffer: saved with the weights it was trained with.
             self.register_buffer("permutation", pixel_permutation(permutation_seed))
-
-    def _init_recurrent_weights(self, how: str) -> None:
-        if how == "default":
-            return
-        for name, weight in self.rnn.named_parameters():
-            if name.startswith("weight_hh"):
-                # One (hidden x hidden) block per gate, each initialised on its own.
-                for block in weight.data.split(self.hidden_size, dim=0):
-                    if how == "orthogonal":
-                        nn.init.orthogonal_(block)
-                    else:
-                        block.copy_(torch.eye(self.hidden_size))
-
-    def _init_forget_bias(self, value: float) -> None:
-        # PyTorch packs the gates as (input, forget, cell, output) and adds two bias vectors,
-        # so the forget gate's effective bias is the sum of both slices.
-        hidden = self.hidden_size
-        for name, bias in self.rnn.named_parameters():
-            if name.startswith("bias"):
-                with torch.no_grad():
-                    bias[hidden : 2 * hidden].fill_(value / 2)
 
     def to_sequence(self, images: torch.Tensor) -> torch.Tensor:
         """(batch, 28, 28) images -> (batch, steps, features) sequences as configured."""
@@ -97,9 +82,8 @@ class RecurrentNet(nn.Module):
     def features(self, images: torch.Tensor, steps: Optional[int] = None) -> torch.Tensor:
         """What the head reads (batch, hidden x directions): the top layer's final state.
 
-        With `steps`, the sequence is cut after its first `steps` steps before it is read, so this
-        is the state of a network that has seen only those (for a bidirectional network the
-        backward pass then starts at step `steps`).
+        With `steps`, the state of a network that has read only the first `steps` steps (a
+        bidirectional network's backward pass then starts at step `steps`).
         """
         sequence = self.to_sequence(images)
         if steps is not None:
@@ -110,19 +94,15 @@ class RecurrentNet(nn.Module):
         # h_n is (layers * directions, batch, hidden). The last layer's forward state is at the
         # final row; its backward state finished at row 0, which output[:, -1] would miss.
         if self.bidirectional:
-            features = torch.cat([h_n[-2], h_n[-1]], dim=1)
-        else:
-            features = h_n[-1]
-        return features
+            return torch.cat([h_n[-2], h_n[-1]], dim=1)
+        return h_n[-1]
 
     def per_step_logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (batch, steps, 10) of the head applied to the top layer's output after every time step.
 
-        For a model reading in one direction, step t is the answer it would give had the sequence
-        stopped there (after row t+1 with sequence=rows), and the last step is forward()'s answer.
-        A bidirectional model's output at step t also holds the backward pass over steps t..end,
-        so only its last step's forward half and first step's backward half are complete states:
-        its per-step logits are not a running answer.
+        Reading in one direction, step t is the answer had the sequence stopped there (after row t+1
+        with sequence=rows), and the last step is forward()'s. Bidirectional, step t also holds the
+        backward pass over steps t..end: its per-step logits are not a running answer.
         """
         output, _ = self.rnn(self.to_sequence(images))
         return self.head(output)

@@ -1,19 +1,16 @@
 """Several optimizer steps per Lightning step (`model.steps_per_execution`, Keras's name): all of it.
 
 Lightning pays a fixed cost for every step of its loop (hooks, logging, progress), which dominates
-at batch 10 (docs/speed.md). With K > 1 the training loader serves K batches as one list, the model
-takes one optimizer step on each (manual optimization), and the loggers' step, an integer
-val_check_interval, max_steps and the schedule's length keep counting optimizer steps: training is
-the same, step for step, as with K = 1. The model and the data module reach it only through
-`StepsPerExecution` (the model's) and `group`/`lightning_steps` (the training loader's); the CLI
-calls `check_settings` before anything is built.
-
-The two private Lightning members this project still needs are used here only (lightning 2.6.6,
-listed in docs/layout.md; tests/test_steps_per_execution.py fails if they change).
+at batch 10 (docs/speed.md). With K > 1 the training loader serves K batches as one list and the
+model takes one optimizer step on each (manual optimization), every count kept in optimizer steps:
+training is the same, step for step, as with K = 1. The two private Lightning members this project
+still needs are used here only (lightning 2.6.6, docs/layout.md; tests/test_steps_per_execution.py
+fails if they change).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Iterable, Iterator, Optional
 
@@ -44,13 +41,8 @@ def group(batches: Iterable, k: int) -> Iterator:
     if k == 1:
         yield from batches
         return
-    chunk: list = []
-    for batch in batches:
-        chunk.append(batch)
-        if len(chunk) == k:
-            yield chunk
-            chunk = []
-    if chunk:
+    iterator = iter(batches)
+    while chunk := list(itertools.islice(iterator, k)):
         yield chunk
 
 
@@ -60,20 +52,18 @@ def lightning_steps(batches: int, k: int) -> int:
 
 
 def count_logger_steps(trainer: L.Trainer, extra: int) -> None:
-    """Make the loggers' step (the x axis of every curve, and log_every_n_steps) count optimizer
-    steps when a Lightning step takes several: add the steps beyond one.
+    """Add a Lightning step's optimizer steps beyond one to the loggers' step (every curve's x axis).
 
     Private: lightning 2.6.6 counts `fit_loop.epoch_loop._batches_that_stepped` once per Lightning
-    step (after on_train_batch_end) and uses it for the step of every logged metric, the
-    LearningRateMonitor's and log_every_n_steps. With the extra steps added before the step's hooks
-    run, metrics logged at its end land on its last optimizer step, as with one step per batch (the
-    learning rate, read at the step's start, is the one of its first optimizer step).
+    step (after on_train_batch_end) for every logged metric's step, LearningRateMonitor's and
+    log_every_n_steps. Added before the step's hooks run, metrics logged at its end land on its last
+    optimizer step, as with K = 1 (the learning rate, read at the step's start, is its first step's).
     """
     trainer.fit_loop.epoch_loop._batches_that_stepped += extra
 
 
 def per_step_hooks_do_nothing(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """True when no callback and not the module overrides a per-step hook, and the precision adds
+    """True when neither a callback nor the module overrides a per-step hook and the precision adds
     nothing to backward or step (no gradient scaler): a plain backward() and step() are then the same."""
     if str(trainer.precision) not in ("32-true", "bf16-mixed"):
         return False
@@ -83,11 +73,10 @@ def per_step_hooks_do_nothing(trainer: L.Trainer, module: L.LightningModule) -> 
 
 
 def validate_in_optimizer_steps(trainer: L.Trainer, k: int, batches_per_epoch: int) -> None:
-    """Check that K steps per Lightning step keep every count in optimizer steps, and make an
-    integer val_check_interval count them too.
+    """Check that K divides every count kept in optimizer steps; make an integer val_check_interval count them.
 
-    Lightning counts val_check_interval in Lightning steps (trainer.val_check_batch, set by its fit
-    loop from val_check_interval before on_train_start, lightning 2.6.6; same guard test as above).
+    Lightning counts it in Lightning steps (trainer.val_check_batch, set by its fit loop from
+    val_check_interval before on_train_start, lightning 2.6.6; same guard test as above).
     """
     if trainer.world_size > 1:
         # DDP reduces gradients once per forward of its wrapper, which is one per Lightning step.
@@ -98,8 +87,7 @@ def validate_in_optimizer_steps(trainer: L.Trainer, k: int, batches_per_epoch: i
     counts = {"trainer.log_every_n_steps": trainer.log_every_n_steps, "training batches per epoch": batches_per_epoch}
     if isinstance(trainer.val_check_interval, int):
         counts["trainer.val_check_interval"] = trainer.val_check_interval
-    wrong = {name: n for name, n in counts.items() if n % k}
-    if wrong:
+    if any(n % k for n in counts.values()):
         common = math.gcd(*counts.values())
         fits = [d for d in range(2, common + 1) if common % d == 0][:6]
         advice = f"use one that divides them all ({', '.join(map(str, fits))})" if fits else "use 1"
@@ -127,14 +115,14 @@ class StepsPerExecution:
     def batches_per_epoch(self, trainer: L.Trainer) -> int:
         """Training batches (optimizer steps) per epoch, after limit_train_batches."""
         served = getattr(trainer.train_dataloader, "batches_per_epoch", None)
-        lightning_steps = trainer.num_training_batches
-        return lightning_steps if served is None else min(served, lightning_steps * self.k)
+        steps = trainer.num_training_batches  # Lightning steps
+        return steps if served is None else min(served, steps * self.k)
 
     def optimizer_steps(self, trainer: L.Trainer) -> float:
         """The run's optimizer steps, as `trainer.estimated_stepping_batches` counts them for K = 1."""
-        lightning_steps = trainer.estimated_stepping_batches  # also sets up the training loader
+        steps = trainer.estimated_stepping_batches  # Lightning steps; also sets up the training loader
         if not self.several or trainer.max_epochs == -1:
-            return lightning_steps
+            return steps
         total = self.batches_per_epoch(trainer) * max(trainer.max_epochs, 1)
         return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
 
@@ -151,10 +139,7 @@ class StepsPerExecution:
             count_logger_steps(trainer, len(batch) - 1)
 
     def train(self, module: L.LightningModule, batches: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One optimizer step per batch of the list, as K = 1 would take them.
-
-        Returns the steps' losses (detached), and the predictions and labels of all of them.
-        """
+        """One optimizer step per batch of the list, as K = 1 takes them: the losses (detached), predictions, labels."""
         if not isinstance(batches, list):
             raise ConfigError(
                 f"model.steps_per_execution is {self.k} but the training data comes one"
