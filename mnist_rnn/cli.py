@@ -22,12 +22,13 @@ from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mnist_rnn import bundled, checkpoints, hardware, resume, runs, steps_per_execution, trainer_settings
-from mnist_rnn.commands import LIGHTNING_COMMANDS, usage_error
 from mnist_rnn.data import MNISTDataModule, check_source
-from mnist_rnn.errors import ConfigError
+from mnist_rnn.errors import ConfigError, usage_error
 from mnist_rnn.model import RecurrentClassifier
 from mnist_rnn.predictions import PredictionCSVWriter, report_skipped
 from mnist_rnn.progress import SummaryWithoutFlops, default_progress_bar, fit_report
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI's (commands.py dispatches them here, by the same names)
 
 
 def config_file(name: str) -> str:
@@ -275,7 +276,7 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
             "epilog": "Other commands: serve (draw a digit in the browser; a JSON API), export (to ONNX and"
             " torch.export) and sweep (seeds and hyperparameter searches); see mnist-rnn serve --help,"
             " mnist-rnn export --help and mnist-rnn sweep --help.",
-            **{sub: {"default_config_files": [config_file("default.yaml")], "prog": f"mnist-rnn {sub}"} for sub in LIGHTNING_COMMANDS},
+            **{sub: {"default_config_files": [config_file("default.yaml")], "prog": f"mnist-rnn {sub}"} for sub in SUBCOMMANDS},
         },
         args=bundled_configs(sys.argv[1:] if args is None else list(args)),
     )

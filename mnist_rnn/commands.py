@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import NoReturn, Optional
 
-from mnist_rnn.errors import MissingExtraError, MnistRnnError, TrainingStopped, disk_full, is_disk_full
+from mnist_rnn.errors import MissingExtraError, MnistRnnError, TrainingStopped, disk_full, is_disk_full, usage_error
 
 LIGHTNING_COMMANDS = {
     "fit": "Train a model (conf/default.yaml unless -c FILE), with checkpoints and TensorBoard logs.",
@@ -35,12 +35,6 @@ EXTRAS = {
     "sweep": ("optuna", "optuna_integration"),
 }
 CHECK_IMAGES = 10_000  # export checks the exported model on the official test set, all of it by default
-
-
-def usage_error(message: str, prog: str) -> NoReturn:
-    """A bad option in one line, like the project's own errors, instead of a page of usage (cli.py's parser too)."""
-    print(f"mnist-rnn: error: {' '.join(message.split())} (options: {prog} --help)", file=sys.stderr)
-    raise SystemExit(2)
 
 
 class CommandParser(argparse.ArgumentParser):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import errno
 import shutil
+import sys
 from pathlib import Path
-from typing import Optional, Union
+from typing import NoReturn, Optional, Union
 
 
 class MnistRnnError(Exception):
@@ -87,3 +88,9 @@ def _size(n: float) -> str:
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
         n /= 1000
+
+
+def usage_error(message: str, prog: str) -> NoReturn:
+    """A bad option in one line, like the project's own errors, instead of a page of usage (cli.py's parser too)."""
+    print(f"mnist-rnn: error: {' '.join(message.split())} (options: {prog} --help)", file=sys.stderr)
+    raise SystemExit(2)

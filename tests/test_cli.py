@@ -227,3 +227,10 @@ def test_help_of_the_command_and_of_its_own_subcommands_needs_no_torch(command):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("[]"), run.stdout
     assert "usage: mnist-rnn" in run.stdout
+
+
+def test_the_commands_dispatched_to_lightningcli_are_its_subcommands():
+    # Two lists on purpose: commands.py stays torch-free and cli.py must not import it back (no circle).
+    from mnist_rnn import cli, commands
+
+    assert tuple(commands.LIGHTNING_COMMANDS) == cli.SUBCOMMANDS
