@@ -317,32 +317,27 @@ def test_out_of_memory_in_training_names_the_batch_size(tmp_path, monkeypatch, c
     )
 
 
-def test_an_unexpected_error_is_one_line_that_asks_for_a_report(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "error, text",
+    [
+        (ZeroDivisionError("division by zero\nsecond line"), "ZeroDivisionError: division by zero second line"),
+        # An OSError that is not a full disk used to be re-raised past this net: a stack trace.
+        (PermissionError(13, "Permission denied", "/some/folder"), "PermissionError: [Errno 13] Permission denied: '/some/folder'"),
+    ],
+)
+def test_an_unexpected_error_is_one_line_that_asks_for_a_report(monkeypatch, capsys, error, text):
     def fail(name, args):
-        raise ZeroDivisionError("division by zero\nsecond line")
+        raise error
 
     monkeypatch.setattr(commands, "run_own_command", fail)
     with pytest.raises(SystemExit) as exit_info:
         commands.main(["serve"])
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err == ("mnist-rnn: error: unexpected ZeroDivisionError: division by zero second line;"
-                                       " rerun with MNIST_RNN_DEBUG=1 for the stack trace and report it\n")  # fmt: skip
+    report = "rerun with MNIST_RNN_DEBUG=1 for the stack trace and report it"
+    assert capsys.readouterr().err == f"mnist-rnn: error: unexpected {text}; {report}\n"
     monkeypatch.setenv("MNIST_RNN_DEBUG", "1")
-    with pytest.raises(ZeroDivisionError):
+    with pytest.raises(type(error)):
         commands.main(["serve"])
-
-
-def test_an_unexpected_os_error_is_one_line_too(monkeypatch, capsys):
-    # An OSError that is not a full disk used to be re-raised past the last net: a stack trace.
-    def fail(name, args):
-        raise PermissionError(13, "Permission denied", "/some/folder")
-
-    monkeypatch.setattr(commands, "run_own_command", fail)
-    with pytest.raises(SystemExit) as exit_info:
-        commands.main(["serve"])
-    assert exit_info.value.code == 1
-    assert capsys.readouterr().err == ("mnist-rnn: error: unexpected PermissionError: [Errno 13] Permission denied: '/some/folder';"
-                                       " rerun with MNIST_RNN_DEBUG=1 for the stack trace and report it\n")  # fmt: skip
 
 
 def test_ctrl_c_outside_training_is_one_line_and_status_130(monkeypatch, tmp_path):
