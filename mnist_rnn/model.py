@@ -6,7 +6,6 @@ rebuilds the same network, reads images the same way and keeps the same permutat
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Any, Literal
 
@@ -81,30 +80,45 @@ class RecurrentClassifier(L.LightningModule):
                 epoch. Not with trainer.gradient_clip_val (Lightning clips only one step per batch).
         """
         super().__init__()
-        refused = [  # (wrong, message): the first wrong setting is refused
-            (hidden_size < 1, f"model.hidden_size must be at least 1, got {hidden_size}"),
-            (num_layers < 1, f"model.num_layers must be at least 1, got {num_layers}"),
-            (not 0.0 <= dropout < 1.0, f"model.dropout must lie in [0, 1), got {dropout}"),
-            (not lr > 0, f"model.lr must be positive, got {lr}"),
-            # The optimizers multiply float32 tensors by lr and weight_decay.
-            (not lr <= FLOAT32_MAX, f"model.lr must be at most {FLOAT32_MAX:.3g}, got {lr}"),
-            (weight_decay < 0, f"model.weight_decay must not be negative, got {weight_decay}"),
-            (sequence == "permuted" and permutation_seed < 0, f"model.permutation_seed must not be negative, got {permutation_seed}"),
-            (not weight_decay <= FLOAT32_MAX, f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}"),
-            (not 0.0 < warmup_pct < 1.0, f"model.warmup_pct must lie in (0, 1), got {warmup_pct}"),
-            (optimizer not in OPTIMIZERS, f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}"),
-            (scheduler != "none" and scheduler not in SCHEDULERS,
-             f"model.scheduler must be none, {' or '.join(SCHEDULERS)}, got {scheduler!r}"),
-        ]
-        for wrong, message in refused:
-            if wrong:
-                raise ConfigError(message)
+        # Checked one by one, so that the first wrong setting is named and no later check meets a value of the wrong type.
+        if hidden_size < 1:
+            raise ConfigError(f"model.hidden_size must be at least 1, got {hidden_size}")
+        if num_layers < 1:
+            raise ConfigError(f"model.num_layers must be at least 1, got {num_layers}")
+        if not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}")
+        if not lr > 0:
+            raise ConfigError(f"model.lr must be positive, got {lr}")
+        if not lr <= FLOAT32_MAX:  # the optimizers multiply float32 tensors by it
+            raise ConfigError(f"model.lr must be at most {FLOAT32_MAX:.3g}, got {lr}")
+        if weight_decay < 0:
+            raise ConfigError(f"model.weight_decay must not be negative, got {weight_decay}")
+        if sequence == "permuted" and permutation_seed < 0:
+            raise ConfigError(f"model.permutation_seed must not be negative, got {permutation_seed}")
+        if not weight_decay <= FLOAT32_MAX:
+            raise ConfigError(f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}")
+        if not 0.0 < warmup_pct < 1.0:
+            raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
+        if optimizer not in OPTIMIZERS:
+            raise ConfigError(f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+        if scheduler != "none" and scheduler not in SCHEDULERS:
+            raise ConfigError(f"model.scheduler must be none, {' or '.join(SCHEDULERS)}, got {scheduler!r}")
         self.steps_per_execution = StepsPerExecution(steps_per_execution)  # checks it
         self.save_hyperparameters()
         # Several optimizer steps per Lightning step need manual optimization (training_step steps).
         self.automatic_optimization = not self.steps_per_execution.several
-        # The network's own settings (the model's first nine, docs/layout.md), as saved.
-        self.net = RecurrentNet(**{name: self.hparams[name] for name in inspect.signature(RecurrentNet).parameters})
+        # The network's own settings, the model's first nine (docs/layout.md says why they are declared twice).
+        self.net = RecurrentNet(
+            hidden_size=hidden_size,
+            num_layers=num_layers,
+            dropout=dropout,
+            bidirectional=bidirectional,
+            cell=cell,
+            sequence=sequence,
+            permutation_seed=permutation_seed,
+            forget_bias=forget_bias,
+            recurrent_init=recurrent_init,
+        )
         # Checkpoints of the earlier layout load too, through every path (Trainer, load_from_checkpoint).
         self.register_load_state_dict_pre_hook(_upgrade_legacy_keys)
         # One metric object per stage, so their states never mix. validate_args=False on the

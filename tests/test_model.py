@@ -66,6 +66,8 @@ def test_forget_gate_bias_is_initialised():
         ({"lr": 0.0}, "lr"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"warmup_pct": 1.5}, "warmup_pct"),
+        # The first wrong setting is named even when a later one is of the wrong type (checked one by one).
+        ({"hidden_size": 0, "lr": None}, "hidden_size"),
     ],
 )
 def test_invalid_hyperparameters_are_rejected(kwargs, culprit):
