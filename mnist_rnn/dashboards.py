@@ -85,6 +85,8 @@ class TensorBoardDashboards(Callback):
         preds = outputs["preds"]
         self.confusion.update(preds, labels)
         room = self.max_misclassified - sum(len(kept_labels) for _, kept_labels, _ in self._wrong)
+        if room <= 0:  # the grid is full: no more nonzero() (a device sync on a GPU) for the rest of the epoch
+            return
         wrong = (preds != labels).nonzero().flatten()[:room]
         if len(wrong):
             self._wrong.append((images[wrong].cpu(), labels[wrong].cpu(), preds[wrong].cpu()))
