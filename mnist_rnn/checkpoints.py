@@ -178,7 +178,6 @@ class TimedCheckpoint(ModelCheckpoint):
         self.interval = train_time_interval.total_seconds()
         self._since: Optional[float] = None
         self._saved_step: Optional[int] = None
-        self._after_validation = False  # a save put off until the validation after its batch has run
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
@@ -189,32 +188,10 @@ class TimedCheckpoint(ModelCheckpoint):
         due = self._since is not None and now - self._since >= self.interval and trainer.global_step != self._saved_step
         if trainer.sanity_checking or not trainer.strategy.broadcast(due):  # rank 0's clock decides
             return
-        if validates_after(trainer, batch_idx):
-            # Resumed from this batch's checkpoint, lightning 2.6.6 would skip (fast-forward) the validation due now: save after it.
-            self._after_validation = True
-            return
-        self._save(trainer, now)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if self._after_validation and not trainer.sanity_checking:
-            self._after_validation = False
-            self._save(trainer, time.monotonic())
+        self._save(trainer, now)  # before a validation too: resume.OwedValidation runs it on resume
 
     def _save(self, trainer, now: float) -> None:
         self._since, self._saved_step = now, trainer.global_step
         trainer.save_checkpoint(Path(self.dirpath) / f"{self.filename}{self.FILE_EXTENSION}", self.save_weights_only)
         for logger in trainer.loggers:  # as ModelCheckpoint does: RunLogger flushes its events with each checkpoint
             logger.after_save_checkpoint(self)
-
-
-def validates_after(trainer, batch_idx: int) -> bool:
-    """Whether Lightning validates right after this training batch (lightning 2.6.6's rule for a
-    validation every N batches or at the epoch's end; a time-based val_check_interval is not foreseen)."""
-    every, per_epoch = trainer.val_check_batch, trainer.check_val_every_n_epoch
-    if not trainer.enable_validation or (per_epoch is not None and (trainer.current_epoch + 1) % per_epoch):
-        return False
-    if trainer.should_stop or batch_idx + 1 >= trainer.num_training_batches:
-        return True
-    index = batch_idx if per_epoch is not None else trainer.fit_loop.epoch_loop.total_batch_idx
-    return isinstance(every, int) and (index + 1) % every == 0

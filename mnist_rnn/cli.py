@@ -260,6 +260,8 @@ def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] =
     """`callbacks`: added to the Trainer but not to the run's config.yaml (LightningCLI's trainer_defaults)."""
     # A deprecation inside Lightning itself, not in this project.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # A fit that ends before its first validation: progress.fit_report says so in its own line.
+    warnings.filterwarnings("ignore", message=r".*ModelCheckpoint\(monitor=.*could not find the monitored key.*")
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(drop_tips)
     hardware.skip_gpu_probe_without_gpu()
     return MnistRnnCLI(

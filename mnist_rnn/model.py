@@ -179,7 +179,11 @@ class RecurrentClassifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # compute() already gathers all ranks; sync_dist only averages equal values (and tells Lightning so).
-        self.log("train/acc", self.train_acc.compute(), prog_bar=True, sync_dist=True)
+        with warnings.catch_warnings():
+            # Resumed at this epoch's last batch (resume.OwedValidation), the sums came with the checkpoint
+            # (persistent) and no update has run since: torchmetrics would warn that nothing was counted.
+            warnings.filterwarnings("ignore", message=r"The ``compute`` method of metric .* before the ``update``")
+            self.log("train/acc", self.train_acc.compute(), prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch, batch_idx: int) -> dict[str, torch.Tensor]:
         loss, preds, labels = self.model_step(batch)

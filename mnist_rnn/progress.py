@@ -78,6 +78,8 @@ def fit_report(trainer: L.Trainer) -> str:
     best = ckpt.best_model_path or str(newest_in(Path(ckpt.dirpath or ".")) or "")
     score = ckpt.best_model_score
     lines = [f"best checkpoint: {best or '(none saved)'}"]
+    if score is None and ckpt.monitor and best:
+        lines[0] += f"  (the newest: no validation ran, so none was chosen on {ckpt.monitor})"
     if score is not None:
         lines.append(f"best {ckpt.monitor}: {float(score):.4f}")
     if trainer.logger is not None and log_dir:

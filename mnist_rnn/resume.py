@@ -3,7 +3,8 @@ newest run: Lightning's own looks only in the new run's empty folder, then silen
 `check_resumable` refuses a weights-only checkpoint or one past the run's length; `continue_run` logs on in the
 run's own folder when the checkpoint is its newest (purge_step hides what an interrupted attempt logged after it),
 else in a new one, leaving newer checkpoints alone; `RandomState` keeps the generators (Lightning restores the rest,
-data.ResumableLoader the place in the epoch); `check_schedule_length` refuses a schedule stretched to another
+data.ResumableLoader the place in the epoch); `OwedValidation` runs the validation a checkpoint was written before;
+`check_schedule_length` refuses a schedule stretched to another
 length; after a stop, `resume_command` is the command to type.
 """
 
@@ -194,3 +195,78 @@ class RandomState(Callback):
         cuda = state_dict.get("cuda")
         if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+
+
+class OwedValidation(Callback):
+    """Runs, on resume, the validation that the checkpoint's training batch was followed by.
+
+    Any ModelCheckpoint that saves at a training batch's end (`every_n_train_steps`, `train_time_interval`) can write
+    its file just before a validation: at the epoch's last batch, or every `val_check_interval` batches. Resumed from
+    it, lightning 2.6.6 skips that validation (its loop counters are fast-forwarded and, at an epoch's last batch, the
+    epoch is marked done without its end), so the resumed run would miss a val/acc point, the best-checkpoint choice
+    and the epoch's end, and draw its random numbers in another order than the run that was never interrupted.
+
+    This callback records in each checkpoint whether a validation is owed (it sees every training batch end before
+    any ModelCheckpoint, which Lightning always calls last), and on resume rewrites the checkpoint's loop progress to
+    what it is once that batch is complete and the validation has started: Lightning's own "restarted mid-evaluation"
+    state, from which it runs the validation, then the epoch's end, then trains on. The progress layout is
+    lightning 2.6.6's (`fit_loop` state of `_BatchProgress` counters); tests/test_resume.py fails if it changes.
+    """
+
+    def __init__(self) -> None:
+        self._owed = False
+        self._resumed_owing = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
+        self._owed = validates_after(trainer, batch_idx)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        self._owed = False
+        if self._resumed_owing:
+            # The validation counted one batch as started on resume (the mark Lightning restarts from): uncount it,
+            # so that the counters equal those of the run that was never interrupted.
+            self._resumed_owing = False
+            total = trainer.fit_loop.epoch_loop.val_loop.batch_progress.total
+            total.ready = total.started = total.completed
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"owed": self._owed}
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("callbacks", {}).get(self.state_key, {})
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop")
+        self._resumed_owing = bool(state.get("owed")) and fit_loop is not None and owe_validation(fit_loop)
+
+
+def owe_validation(fit_loop: dict[str, Any]) -> bool:
+    """Rewrite a fit loop's saved progress from "training batch processed, not yet completed" (a save in
+    on_train_batch_end) to "batch completed, validation started, none of its batches processed". False, and nothing
+    changed, where the progress is not of that shape."""
+    train = fit_loop.get("epoch_loop.batch_progress")
+    val = fit_loop.get("epoch_loop.val_loop.batch_progress")
+    if train is None or val is None:
+        return False
+    counts = [train["total"], train["current"]]
+    if any(c["completed"] != c["processed"] - 1 for c in counts) or val["total"]["completed"] != val["total"]["ready"]:
+        return False
+    for c in counts:
+        c["completed"] += 1
+    done = val["total"]["completed"]
+    val["total"].update(ready=done + 1, started=done + 1, processed=done)
+    val["current"] = {"ready": 0, "started": 0, "processed": 0, "completed": 0}
+    val["is_last_batch"] = False
+    return True
+
+
+def validates_after(trainer, batch_idx: int) -> bool:
+    """Whether Lightning validates right after this training batch (lightning 2.6.6's rule for a
+    validation every N batches or at the epoch's end; a time-based val_check_interval is not foreseen)."""
+    every, per_epoch = trainer.val_check_batch, trainer.check_val_every_n_epoch
+    if not trainer.enable_validation or (per_epoch is not None and (trainer.current_epoch + 1) % per_epoch):
+        return False
+    if trainer.should_stop or batch_idx + 1 >= trainer.num_training_batches:
+        return True
+    index = batch_idx if per_epoch is not None else trainer.fit_loop.epoch_loop.total_batch_idx
+    return isinstance(every, int) and (index + 1) % every == 0

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Union
 
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from mnist_rnn.errors import OutputError, disk_full, is_disk_full
 
@@ -74,9 +75,11 @@ class RunLogger(TensorBoardLogger):
 
     def __init__(self, *args: Any, purge_step: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(*args, purge_step=purge_step, **kwargs)
-        # Set by resume.continue_run to the checkpoint's step: resumed from an epoch's end, Lightning runs its end
-        # hooks again and logs below it (train/acc, found by the kill soak), points the run has unless a kill came first.
+        # Set by resume.continue_run to the checkpoint's step. A resumed run logs below it the points of that step's
+        # end that the checkpoint came before: the validation owed (resume.OwedValidation), or an epoch's end that
+        # Lightning runs again. The interrupted attempt logged them if the kill came after: they are logged once.
         self.resumed_at = purge_step
+        self._logged_below: Optional[set[tuple[str, int]]] = None
 
     def _get_next_version(self) -> int:
         if rank_zero_only.rank != 0:
@@ -115,6 +118,18 @@ class RunLogger(TensorBoardLogger):
         mine = sorted(glob.glob(os.path.join(glob.escape(self.log_dir), f"events.out.tfevents.*.{os.getpid()}.*")))
         return mine[-1] if mine else os.path.join(self.log_dir, "events.out.tfevents.*")
 
+    def logged_below(self) -> set[tuple[str, int]]:
+        """The (tag, step) of every scalar the run's earlier attempts logged below the step it resumed at."""
+        if self._logged_below is None:
+            mine = f".{os.getpid()}."
+            files = [f for f in glob.glob(os.path.join(glob.escape(self.log_dir), "events.out.tfevents.*")) if mine not in f]
+            self._logged_below = {
+                (value.tag, event.step)
+                for path in files for event in EventFileLoader(path).Load() if event.step < self.resumed_at
+                for value in event.summary.value
+            }  # fmt: skip
+        return self._logged_below
+
     @rank_zero_only
     def log_hyperparams(self, *args: Any, **kwargs: Any) -> None:
         with self.writing():  # Lightning's writes past the SummaryWriter, to its file writer
@@ -146,7 +161,9 @@ class RunLogger(TensorBoardLogger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
         if self.resumed_at is not None and step is not None and step < self.resumed_at:
-            return  # never a repeated point, nor one going back (see __init__)
+            metrics = {k: v for k, v in metrics.items() if (k, step) not in self.logged_below()}
+            if not metrics:
+                return  # never a repeated point, nor one going back (see __init__)
         try:
             super().log_metrics(metrics, step)
         except ValueError as err:  # Lightning calls any error of add_scalar a value it cannot log

@@ -12,7 +12,6 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mnist_rnn.checkpoints import validates_after
 from mnist_rnn.errors import TrainingDiverged, TrainingStopped
 from mnist_rnn.runs import newest_in
 
@@ -61,10 +60,8 @@ class StopOnSignal(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int) -> None:
         signum = trainer.strategy.broadcast(self._signum, src=0) if trainer.world_size > 1 else self._signum
-        if signum is None or validates_after(trainer, batch_idx):
-            # A run resumed from a checkpoint of a batch that Lightning validates after would skip
-            # that validation (lightning 2.6.6): the stop waits for it, and comes after the next batch.
-            return
+        if signum is None:
+            return  # a validation due after this batch is run on resume (resume.OwedValidation)
         path = checkpoint_folder(trainer) / self.filename
         trainer.save_checkpoint(path, weights_only=False)  # every rank takes part; rank 0 writes
         raise TrainingStopped(

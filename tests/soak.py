@@ -51,21 +51,31 @@ KINDS = ("anytime", "train", "validation", "save")
 NAME = "soak"  # runs/soak/
 
 
-def config(epochs: int, batches: int, interval: str = "0:00:00.1") -> str:
+def config(
+    epochs: int, batches: int, interval: Optional[str] = "0:00:00.1", every_n_train_steps: int = 0, val_check_interval: float = 0.5,
+) -> str:  # fmt: skip
     """The soak's fit on top of conf/tiny.yaml: every step logged, a validation every half epoch,
     and last.ckpt written every `interval` of training (TimedCheckpoint, as in conf/default.yaml
-    but more often) besides the default list's best and end-of-validation checkpoints; two layers
-    with dropout, so that the random generators matter."""
+    but more often; None: not) and, with every_n_train_steps, also by a user's own
+    ModelCheckpoint every that many steps, besides the default list's best and epoch-end
+    checkpoints; two layers with dropout, so that the random generators matter."""
+    callbacks = ""
+    if interval is not None:
+        callbacks += f"""
+    - class_path: mnist_rnn.checkpoints.TimedCheckpoint
+      init_args: {{filename: last, train_time_interval: "{interval}", enable_version_counter: false}}"""
+    if every_n_train_steps:
+        callbacks += f"""
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {{filename: last, every_n_train_steps: {every_n_train_steps}, enable_version_counter: false}}"""
     return f"""
 trainer:
   max_epochs: {epochs}
   limit_train_batches: {batches}
-  val_check_interval: 0.5
+  val_check_interval: {val_check_interval}
   log_every_n_steps: 1
   logger: {{init_args: {{name: soak}}}}
-  callbacks+:
-    - class_path: mnist_rnn.checkpoints.TimedCheckpoint
-      init_args: {{filename: last, train_time_interval: "{interval}", enable_version_counter: false}}
+  callbacks+:{callbacks}
 model:
   num_layers: 2
   dropout: 0.3
@@ -210,11 +220,12 @@ class Reference:
 
 def uninterrupted(
     folder: Path, epochs: int = 3, batches: int = 40, extra: tuple[str, ...] = (), launcher: str = "fork", timeout: float = 300,
+    **settings: Any,
 ) -> Reference:  # fmt: skip
-    """The soak's fit run once, never interrupted, in folder."""
+    """The soak's fit run once, never interrupted, in folder (settings: config()'s)."""
     folder.mkdir(parents=True)
     config_path = folder / f"{NAME}.yaml"
-    config_path.write_text(config(epochs, batches))
+    config_path.write_text(config(epochs, batches, **settings))
     markers = folder / "markers"
     group = launcher == "subprocess"
     run = Attempt(launcher, folder, fit_args(config_path, markers, None, extra, group), folder / "fit.log")
@@ -228,13 +239,15 @@ def uninterrupted(
 
 def soak(
     tmp_path: Path, kills: int, seed: Optional[int] = None, epochs: int = 3, batches: int = 40,
-    extra: tuple[str, ...] = (), launcher: str = "fork", timeout: float = 300, interval: str = "0:00:00.1",  # a DDP attempt: ~70 s here
-    plan: Optional[list[Kill]] = None,
+    extra: tuple[str, ...] = (), launcher: str = "fork", timeout: float = 300,  # a DDP attempt: ~70 s here
+    interval: Optional[str] = "0:00:00.1", plan: Optional[list[Kill]] = None, every_n_train_steps: int = 0, val_check_interval: float = 0.5,
 ) -> Report:  # fmt: skip
     """Run the soak (see the module's docstring); assertion errors name the seed and the kill.
 
-    plan: these kills (None: a random one) instead of `kills` random ones.
+    plan: these kills (None: a random one) instead of `kills` random ones; interval, every_n_train_steps,
+    val_check_interval: config()'s.
     """
+    settings = dict(interval=interval, every_n_train_steps=every_n_train_steps, val_check_interval=val_check_interval)
     seed = int(os.environ.get("SOAK_SEED", seed if seed is not None else random.SystemRandom().randrange(10**6)))
     print(f"soak seed {seed} (replay with SOAK_SEED={seed})", flush=True)
     rng = random.Random(seed)
@@ -242,9 +255,9 @@ def soak(
     begun = time.monotonic()
     group = launcher == "subprocess"
     config_path = tmp_path / f"{NAME}.yaml"
-    config_path.write_text(config(epochs, batches, interval))
+    config_path.write_text(config(epochs, batches, **settings))
     total = epochs * batches
-    reference = uninterrupted(tmp_path / "reference", epochs, batches, extra, launcher, timeout)
+    reference = uninterrupted(tmp_path / "reference", epochs, batches, extra, launcher, timeout, **settings)
     startup, per_step = reference.startup, reference.per_step
     print(f"soak seed {seed}: uninterrupted run: {startup:.1f} s to the first step, {per_step * 1000:.0f} ms a step", flush=True)
 

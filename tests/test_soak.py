@@ -1,8 +1,10 @@
 """The kill soak (issue 23): SIGKILL at random moments, resume with --ckpt_path last, end exactly as never killed.
 
-The default-suite soak also kills and stops the run at the two moments the soak found inexact: a
+The default-suite soak also kills and stops the run at the moments the soak found inexact: a
 checkpoint, or a stop on a signal, at a batch that Lightning validates after (resumed from it,
-Lightning 2.6.6 skipped that validation: its val/* points and its say in the best checkpoint).
+Lightning 2.6.6 skips that validation, and at an epoch's last batch that epoch's end:
+resume.OwedValidation runs them), and a user's own ModelCheckpoint(every_n_train_steps=...) whose
+saves land on epochs' ends (issue 28).
 """
 
 import signal
@@ -20,9 +22,18 @@ def test_a_fit_killed_and_stopped_at_chosen_and_random_moments_ends_as_the_unint
         None,  # SIGKILL at a random moment
     ]
     report = soak(tmp_path, kills=3, epochs=2, batches=30, interval="0:00:00", plan=plan)
-    # The newest checkpoint before that validation is step 14's (step 15's was put off until after
-    # it); the stop waited for epoch 1's validation and one more step.
-    assert report.resumed_from[:2] == [14, 31], report.kills
+    # Step 15's checkpoint, written before its validation; the stop came right after step 30, before
+    # epoch 1's validation: both resumed runs ran the validation owed first.
+    assert report.resumed_from[:2] == [15, 30], report.kills
+
+
+def test_a_fit_killed_as_the_validation_after_a_users_epoch_end_checkpoint_starts_ends_as_the_uninterrupted_one(tmp_path):
+    # Issue 28's reproduction: a user's ModelCheckpoint(every_n_train_steps=40) saves at epoch 0's last
+    # batch, before that epoch's validation, and the kill comes as the validation starts. On 1590f8b the
+    # resumed run skipped the validation and the epoch's end, and ended with other weights.
+    report = soak(tmp_path, kills=1, epochs=2, batches=40, interval=None, every_n_train_steps=40,
+                  plan=[Kill("validation", 39, 0.0)], val_check_interval=1.0)  # fmt: skip
+    assert report.resumed_from == [40], report.kills
 
 
 def test_a_fit_killed_just_after_an_epochs_end_logs_that_end_once(tmp_path):
@@ -36,6 +47,14 @@ def test_a_fit_killed_just_after_an_epochs_end_logs_that_end_once(tmp_path):
 def test_a_fit_killed_twenty_times_at_random_ends_as_the_uninterrupted_one(tmp_path):
     report = soak(tmp_path, kills=20, epochs=6, batches=50)  # 300 steps
     assert len(report.kills) == 20
+
+
+@pytest.mark.slow
+def test_a_fit_with_a_users_step_checkpoint_on_epoch_ends_killed_ten_times_ends_as_the_uninterrupted_one(tmp_path):
+    # A user's ModelCheckpoint(every_n_train_steps=25) beside the timed one: with 50 batches an epoch its saves
+    # land on every epoch's last batch and half-way, both just before a validation (val_check_interval 0.5).
+    report = soak(tmp_path, kills=10, epochs=4, batches=50, every_n_train_steps=25)
+    assert len(report.kills) == 10
 
 
 @pytest.mark.slow
