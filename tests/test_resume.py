@@ -79,6 +79,7 @@ def test_sigkill_mid_epoch_then_resume_continues_the_same_run(tmp_path):
     run_cli("fit", "-c", TINY, "-c", str(config), cwd=tmp_path / "uninterrupted")
     reference = read_checkpoint(tmp_path / "uninterrupted" / LAST)
     assert reference["global_step"] == 80
+    assert final["precision"] == reference["precision"]  # the same machine picks the same (docs/precision.md)
     for name, tensor in reference["state_dict"].items():
         assert torch.equal(final["state_dict"][name], tensor), name
 
