@@ -23,28 +23,25 @@ class Pace(L.Callback):
 
 
 class SendSignal(L.Callback):
-    """Sends a signal to this very process when training reaches a step, as Ctrl-C or `kill` would."""
+    """Sends a signal to this very process when training reaches a step, as Ctrl-C or `kill` would.
+
+    Under DDP only rank 0 sends it: the launching process, where `kill PID` or Ctrl-C lands. Python runs the
+    handler before the next line, so the moment is deterministic: the batch of that step is under way."""
 
     def __init__(self, step: int = 5, signum: int = int(signal.SIGTERM)) -> None:
         self.step = step
         self.signum = signum
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
             os.kill(os.getpid(), self.signum)
 
 
 class RecordStop(L.Callback):
-    """Announces (a file) when training reaches a step, and records the step each rank stopped at."""
+    """Records (a file per rank in folder) the step each rank stopped at."""
 
-    def __init__(self, folder: str, announce_step: int = 5) -> None:
+    def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
-        self.announce_step = announce_step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.announce_step and trainer.global_rank == 0:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / "announced").touch()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
