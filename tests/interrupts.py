@@ -118,3 +118,18 @@ class KillAt(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._enter(trainer, "save")
+
+
+class SignalLauncher(L.Callback):
+    """Sends a signal to this process's parent, its launcher (torchrun's agent), when training reaches a step:
+    every rank to its own node's launcher, as a cluster scheduler stopping a job signals each node's."""
+
+    def __init__(self, step: int = 5, signum: int = int(signal.SIGTERM)) -> None:
+        self.step = step
+        self.signum = signum
+        self._sent = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step >= self.step and not self._sent:
+            self._sent = True
+            os.kill(os.getppid(), self.signum)

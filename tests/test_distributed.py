@@ -3,6 +3,7 @@
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,67 @@ def test_a_signal_to_the_launching_process_stops_every_rank_at_one_step_and_resu
 
         got, want = (scalars(folder / LAST.parent.parent)["train/acc"] for folder in (tmp_path, tmp_path / "uninterrupted"))
         assert got == want
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(cwd: Path, *flags: str) -> list[tuple[int, str]]:
+    """`mnist-rnn fit` on two torchrun "nodes" of one process each on this machine, started as docs/scale.md
+    tells users to (one launcher per node, its node rank, the first node's address): each launcher's exit
+    status and output."""
+    port, logs, launchers = free_port(), [cwd / f"node{rank}.log" for rank in (0, 1)], []
+    for rank, log in enumerate(logs):
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(rank),
+            "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "mnist_rnn", "fit", "-c", TINY, "--trainer.num_nodes", "2", "--trainer.devices", "1",
+            "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", *flags,
+        ]  # fmt: skip
+        with log.open("w") as out:
+            launchers.append(subprocess.Popen(command, cwd=cwd, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT))
+    try:
+        return [(launcher.wait(timeout=600), log.read_text()) for launcher, log in zip(launchers, logs)]
+    finally:
+        for launcher in launchers:
+            launcher.kill()  # only one left running after the other failed
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_write_one_run_stop_on_sigterm_to_each_launcher_and_resume_exactly(tmp_path):
+    # Dropout between two layers, so that each rank's random generators matter for the weights.
+    flags = ["--data.batch_size", "32", "--model.num_layers", "2", "--model.dropout", "0.3"]
+    # Each rank signals its own node's launcher at step 5, as a scheduler ending the job signals every node;
+    # torchrun passes SIGTERM on to its worker, which stops after the batch rank 0 is on when its signal arrives.
+    # Paced at 0.1 s a step, the 34 steps after the signal leave it over 3 s to arrive before the run ends.
+    pace = json.dumps({"class_path": "tests.interrupts.Pace", "init_args": {"seconds": 0.1}})
+    stopper = ["--trainer.callbacks+=tests.interrupts.SignalLauncher", f"--trainer.callbacks+={pace}"]
+    (node0, log0), (node1, log1) = two_nodes(tmp_path, *flags, *stopper)
+    assert node0 != 0 and node1 != 0, log0[-3000:]  # torchrun ends with its SignalException
+    stop = re.search(rf"^mnist-rnn: stopped by SIGTERM in epoch 1, after step (\d+); saved {LAST}$", log0, re.M)
+    assert stop, log0[-3000:]
+    assert "mnist-rnn: stopped" not in log1  # only the first node's rank 0 reports
+    step = int(stop[1])
+    assert 5 < step < 40 and read_checkpoint(tmp_path / LAST)["global_step"] == step
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["version_0"]
+    assert len(list((tmp_path / LAST.parent.parent).glob("events.out.tfevents.*"))) == 1
+
+    results = two_nodes(tmp_path, *flags, "--ckpt_path", "last")
+    assert [status for status, _ in results] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
+    assert f"resuming runs/tiny/version_0 from {LAST} (epoch 1, after step {step})" in results[0][1]
+    assert [p.name for p in (tmp_path / "runs" / "tiny").iterdir()] == ["version_0"]
+
+    (tmp_path / "uninterrupted").mkdir()
+    results = two_nodes(tmp_path / "uninterrupted", *flags)
+    assert [status for status, _ in results] == [0, 0], results[0][1][-3000:]
+    from tests.soak import assert_same_state
+
+    got, expected = read_checkpoint(tmp_path / LAST), read_checkpoint(tmp_path / "uninterrupted" / LAST)
+    for key in ("epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "loops"):
+        assert_same_state(got[key], expected[key], key)
 
 
 @pytest.mark.gpu
