@@ -8,6 +8,8 @@ import io
 import os
 import shutil
 import struct
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,31 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# The guard of the suite's time (issue 29): every run prints its wall time, its time by file and each test over
+# SLOW_TEST_SECONDS (setup, call and teardown together), so that the next slow test is seen when it is added.
+# A report, never a failure: a busy machine must not turn a run red. 5 s: the issue's budget for a default test.
+SLOW_TEST_SECONDS = 5.0
+_seconds: dict[str, float] = defaultdict(float)
+_started = time.monotonic()
+
+
+def pytest_runtest_logreport(report):
+    _seconds[report.nodeid] += report.duration  # under pytest-xdist the workers' reports arrive here too
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _seconds:
+        return
+    write = terminalreporter.write_line
+    by_file: dict[str, float] = defaultdict(float)
+    for nodeid, seconds in _seconds.items():
+        by_file[nodeid.split("::")[0]] += seconds
+    terminalreporter.section("time")
+    write(f"{time.monotonic() - _started:.0f} s wall for {len(_seconds)} tests, {sum(_seconds.values()):.0f} s of test time")
+    write("by file: " + ", ".join(f"{Path(f).stem} {s:.0f} s" for f, s in sorted(by_file.items(), key=lambda x: -x[1])))
+    slow = sorted(((s, n) for n, s in _seconds.items() if s > SLOW_TEST_SECONDS), reverse=True)
+    write(f"{len(slow)} tests over {SLOW_TEST_SECONDS:.0f} s" + (":" if slow else ""))
+    for seconds, nodeid in slow:
+        write(f"  {seconds:5.1f} s  {nodeid}")

@@ -14,6 +14,9 @@ import torch
 from mnist_rnn.checkpoints import read_checkpoint
 from tests.conftest import TINY, subprocess_env
 
+# One pytest-xdist worker runs them all: the module's fit is made once, and no two DDP runs share the cores.
+pytestmark = pytest.mark.xdist_group("ddp")
+
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 LAST = Path("runs/tiny/version_0/checkpoints/last.ckpt")
 
