@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from mnist_rnn.cli import cli_main, config_file
+from mnist_rnn.commands import main
 from mnist_rnn.data import normalize
 from mnist_rnn.mnist_files import load_split
 from mnist_rnn.model import LSTMClassifier
@@ -101,14 +102,28 @@ def test_second_fit_gets_its_own_run_folder(tiny_run, tmp_path):
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == ["version_0", "version_1"]
 
 
-def test_print_config_shows_the_defaults(tmp_path):
+def test_print_config_shows_the_defaults(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--print_config"])
+    assert stop.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "hidden_size: 128" in out
+    assert "batch_size: 128" in out
+    assert "save_dir: runs" in out
+
+
+def test_a_refusal_ends_the_process_with_status_2_and_one_line(tmp_path):
+    # The process boundary, once: `python -m mnist_rnn` exits with main()'s status and line; the cases below
+    # check each refusal in-process (cli_error).
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn", "fit", "--print_config"], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, "--model.hidden_size=0"], capture_output=True, text=True, cwd=tmp_path
     )
-    assert result.returncode == 0, result.stderr
-    assert "hidden_size: 128" in result.stdout
-    assert "batch_size: 128" in result.stdout
-    assert "save_dir: runs" in result.stdout
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("mnist-rnn")]
+    assert lines == ["mnist-rnn: error: model.hidden_size must be at least 1, got 0"], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize(
@@ -120,25 +135,16 @@ def test_print_config_shows_the_defaults(tmp_path):
         ("--data.data_dir=/no/such/folder", "/no/such/folder does not exist"),
     ],
 )
-def test_bad_settings_give_one_line_errors(tmp_path, flag, message):
-    result = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, flag], capture_output=True, text=True, cwd=tmp_path
-    )
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_bad_settings_give_one_line_errors(tmp_path, monkeypatch, capsys, flag, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in cli_error(capsys, "fit", "-c", TINY, flag)  # exit status 2, one line, no traceback
     assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints").exists()
 
 
-def test_unknown_optimizer_is_rejected_before_training(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mnist_rnn", "fit", "-c", TINY, "--model.optimizer=adamx"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
-    assert result.returncode != 0
-    assert 'model.optimizer' in result.stderr and "adamx" in result.stderr
+def test_unknown_optimizer_is_rejected_before_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    message = cli_error(capsys, "fit", "-c", TINY, "--model.optimizer=adamx")
+    assert "model.optimizer" in message and "adamx" in message
     assert not (tmp_path / "runs").exists()
 
 
