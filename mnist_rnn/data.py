@@ -340,7 +340,11 @@ class MNISTDataModule(L.LightningDataModule):
     # Lightning saves this in every checkpoint and hands it back on resume, before the training loader
     # is iterated: a mid-epoch resume carries on with the batches that were left, not the epoch over.
     def state_dict(self) -> dict[str, Any]:
-        return {"train_position": {"epoch": self.resume.epoch, "served": self.resume.served}}
+        # A position loaded but not applied yet (a checkpoint written before the loader served a batch, such as
+        # after a validation owed at an epoch's end: resume.OwedValidation) is still where the epoch stands.
+        pending = self.resume.pending
+        position = {"epoch": pending.get("epoch"), "served": pending.get("served", 0)} if pending else None
+        return {"train_position": position or {"epoch": self.resume.epoch, "served": self.resume.served}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "train_position" in state_dict:

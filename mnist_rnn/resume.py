@@ -210,7 +210,7 @@ class OwedValidation(Callback):
     any ModelCheckpoint, which Lightning always calls last), and on resume rewrites the checkpoint's loop progress to
     what it is once that batch is complete and the validation has started: Lightning's own "restarted mid-evaluation"
     state, from which it runs the validation, then the epoch's end, then trains on. The progress layout is
-    lightning 2.6.6's (`fit_loop` state of `_BatchProgress` counters); tests/test_resume.py fails if it changes.
+    lightning 2.6.6's (`fit_loop` state of `_BatchProgress` counters); tests/test_soak.py fails if it changes.
     """
 
     def __init__(self) -> None:

@@ -325,11 +325,11 @@ def soak(
         report.kills.append(f"{kill} -> {at}{', staging file ' + ', '.join(staged) if staged else ''}")
         print(f"soak seed {seed}: kill {i + 1}/{kills}: {report.kills[-1]}", flush=True)
 
-    # The same end: weights, optimizer, schedule and loop counters, bit for bit.
+    # The same end: weights, optimizer, schedule, loop counters and the data position, bit for bit.
     expected = read_checkpoint(reference.folder / "runs" / NAME / "version_0" / "checkpoints" / "last.ckpt")
     final_run = checkpoints_of(work)[-1].parent.parent
     got = read_checkpoint(final_run / "checkpoints" / "last.ckpt")
-    for key in ("epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "loops"):
+    for key in ("epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "loops", "MNISTDataModule"):
         assert_same_state(got[key], expected[key], f"soak seed {seed}: {key}")
 
     # The same curves: each scalar's points, in their order, are the uninterrupted run's with at most

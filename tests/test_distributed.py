@@ -215,7 +215,7 @@ def test_two_torchrun_nodes_write_one_run_stop_on_sigterm_to_each_launcher_and_r
     from tests.soak import assert_same_state
 
     got, expected = read_checkpoint(tmp_path / LAST), read_checkpoint(tmp_path / "uninterrupted" / LAST)
-    for key in ("epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "loops"):
+    for key in ("epoch", "global_step", "state_dict", "optimizer_states", "lr_schedulers", "loops", "MNISTDataModule"):
         assert_same_state(got[key], expected[key], key)
 
 
