@@ -58,6 +58,7 @@ def test_a_fit_with_a_users_step_checkpoint_on_epoch_ends_killed_ten_times_ends_
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ddp")  # with test_distributed.py's: no two DDP runs at once (each picks a free port)
 def test_a_two_process_ddp_fit_killed_five_times_at_random_ends_as_the_uninterrupted_one(tmp_path):
     # `python -m mnist_rnn` subprocesses; a kill takes the whole process group, both ranks.
     ddp = ("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.batch_size", "32")
