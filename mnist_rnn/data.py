@@ -343,8 +343,7 @@ class MNISTDataModule(L.LightningDataModule):
         # A position loaded but not applied yet (a checkpoint written before the loader served a batch, such as
         # after a validation owed at an epoch's end: resume.OwedValidation) is still where the epoch stands.
         pending = self.resume.pending
-        position = {"epoch": pending.get("epoch"), "served": pending.get("served", 0)} if pending else None
-        return {"train_position": position or {"epoch": self.resume.epoch, "served": self.resume.served}}
+        return {"train_position": dict(pending) if pending else {"epoch": self.resume.epoch, "served": self.resume.served}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if "train_position" in state_dict:
