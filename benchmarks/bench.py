@@ -33,10 +33,11 @@ import lightning as L
 import torch
 from torch import nn
 
-from mnist_rnn.cli import MnistRnnCLI, cli_main, config_file
-from mnist_rnn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
-from mnist_rnn.hardware import cores, cpu_kernel_runs, cpu_name, missing_feature, native_bf16_cpu
-from mnist_rnn.mnist_files import EMBEDDED_DIR, IDX_FILES, load_split
+from mnist_rnn.commands.cli import MnistRnnCLI, cli_main, config_file
+from mnist_rnn.data.datamodule import MNISTDataModule
+from mnist_rnn.data.mnist_files import EMBEDDED_DIR, IDX_FILES, load_split
+from mnist_rnn.data.normalization import MNIST_MEAN, MNIST_STD
+from mnist_rnn.run.hardware import cores, cpu_kernel_runs, cpu_name, missing_feature, native_bf16_cpu
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("throughput", "anchor", "time99", "memory", "extras")

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import mnist_rnn
-from mnist_rnn.mnist_files import load_split
+from mnist_rnn.data.mnist_files import load_split
 
 BATCH = 1000
 

@@ -31,8 +31,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from mnist_rnn.hardware import cores, cpu_name
-from mnist_rnn.mnist_files import load_split
+from mnist_rnn.data.mnist_files import load_split
+from mnist_rnn.run.hardware import cores, cpu_name
 
 
 def page_png(index: int = 0) -> bytes:

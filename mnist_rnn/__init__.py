@@ -1,11 +1,21 @@
-"""mnist-rnn: MNIST digits read row by row by an LSTM, trained with PyTorch Lightning."""
+"""mnist-rnn: MNIST digits read row by row by an LSTM, trained with PyTorch Lightning.
+
+The sub-packages are the layers, each importing only those listed before it: `run` (run folders,
+checkpoints, resume, stopping, hardware), `data` (files to batches), `model` (the network and the
+LightningModule), `views` (the dashboards), `commands` (the `mnist-rnn` command). docs/layout.md.
+"""
 
 import importlib
 
+from mnist_rnn import old_paths
+
+old_paths.install()
+
 # Where each public name lives. They are imported on first use (PEP 562), so that the `mnist-rnn`
 # command's own help and the commands that need no training start without torch and Lightning.
-_LAZY = {"MNISTDataModule": "mnist_rnn.data", "LSTMClassifier": "mnist_rnn.model", "RecurrentClassifier": "mnist_rnn.model",
-         "RecurrentNet": "mnist_rnn.network", "load_model": "mnist_rnn.bundled"}  # fmt: skip
+_LAZY = {"MNISTDataModule": "mnist_rnn.data.datamodule", "LSTMClassifier": "mnist_rnn.model.classifier",
+         "RecurrentClassifier": "mnist_rnn.model.classifier", "RecurrentNet": "mnist_rnn.model.network",
+         "load_model": "mnist_rnn.commands.bundled"}  # fmt: skip
 
 __all__ = ["LSTMClassifier", "MNISTDataModule", "RecurrentClassifier", "RecurrentNet", "load_model"]
 __version__ = "0.2.0"

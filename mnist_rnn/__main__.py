@@ -1,6 +1,6 @@
 """`python -m mnist_rnn`: the `mnist-rnn` command."""
 
-from mnist_rnn.commands import main
+from mnist_rnn.commands.dispatch import main
 
 if __name__ == "__main__":
     main()

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_rnn import mnist_files
-from mnist_rnn.cli import cli_main, config_file
 from mnist_rnn.commands import main
+from mnist_rnn.commands.cli import cli_main, config_file
+from mnist_rnn.data import mnist_files
 
 TINY = config_file("tiny.yaml")
 REPO = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ The points left out are reported.
 Replay a failure with `SOAK_SEED=<the printed seed>`. Attempts run as `python -m mnist_rnn`
 subprocesses in a session of their own (`launcher="subprocess"`; a kill takes the whole group,
 every DDP rank), or, for the default suite, in a forked copy of the test process, which has
-mnist_rnn imported already (`launcher="fork"`: the same `mnist_rnn.commands.main` that `python -m
+mnist_rnn imported already (`launcher="fork"`: the same `mnist_rnn.commands.dispatch.main` that `python -m
 mnist_rnn` runs, without its 8-20 s of imports per attempt on a busy 2-core machine).
 """
 
@@ -44,7 +44,7 @@ from typing import Any, Optional
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_rnn.checkpoints import read_checkpoint
+from mnist_rnn.run.checkpoints import read_checkpoint
 from tests.conftest import TINY, subprocess_env
 
 KINDS = ("anytime", "train", "validation", "save")
@@ -62,7 +62,7 @@ def config(
     callbacks = ""
     if interval is not None:
         callbacks += f"""
-    - class_path: mnist_rnn.checkpoints.TimedCheckpoint
+    - class_path: mnist_rnn.run.checkpoints.TimedCheckpoint
       init_args: {{filename: last, train_time_interval: "{interval}", enable_version_counter: false}}"""
     if every_n_train_steps:
         callbacks += f"""

@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 
 import mnist_rnn
-from mnist_rnn import bundled
-from mnist_rnn.checkpoints import read_checkpoint
-from mnist_rnn.data import normalize
-from mnist_rnn.images import read_digit
-from mnist_rnn.mnist_files import load_split
+from mnist_rnn.commands import bundled
+from mnist_rnn.data.images import read_digit
+from mnist_rnn.data.mnist_files import load_split
+from mnist_rnn.data.normalization import normalize
+from mnist_rnn.run.checkpoints import read_checkpoint
 from tests.conftest import REPO, TINY, cli_error, run_cli, run_main, subprocess_env
 from tests.test_serve import start_server
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_rnn import hardware
-from mnist_rnn.checkpoints import read_checkpoint
+from mnist_rnn.run import hardware
+from mnist_rnn.run.checkpoints import read_checkpoint
 from tests.conftest import TINY, cli_error, run_cli, write_idx
 
 

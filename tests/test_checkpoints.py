@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
-from mnist_rnn.checkpoints import SafeCheckpointIO, read_checkpoint
 from mnist_rnn.errors import CheckpointError, OutputError
-from mnist_rnn.runs import newest_checkpoint
+from mnist_rnn.run.checkpoints import SafeCheckpointIO, read_checkpoint
+from mnist_rnn.run.folders import newest_checkpoint
 from tests.conftest import TINY, cli_error
 
 
@@ -31,7 +31,7 @@ def good(tiny_run, tmp_path, monkeypatch):
 
 WRITER = """
 import sys, torch
-from mnist_rnn.checkpoints import SafeCheckpointIO
+from mnist_rnn.run.checkpoints import SafeCheckpointIO
 # 128 MB: long enough to write and sync that the test kills this process in the middle of it.
 SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2**25)}, "global_step": 2}, sys.argv[1])
 """

@@ -9,11 +9,11 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from mnist_rnn.cli import cli_main, config_file
 from mnist_rnn.commands import main
-from mnist_rnn.data import normalize
-from mnist_rnn.mnist_files import load_split
-from mnist_rnn.model import LSTMClassifier
+from mnist_rnn.commands.cli import cli_main, config_file
+from mnist_rnn.data.mnist_files import load_split
+from mnist_rnn.data.normalization import normalize
+from mnist_rnn.model.classifier import LSTMClassifier
 from tests.conftest import TINY, cli_error, run_cli
 
 
@@ -175,7 +175,7 @@ def test_every_config_has_the_dashboards(config):
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         cli_main(["fit", "-c", config_file(config), "--print_config"])
-    assert "class_path: mnist_rnn.dashboards.TensorBoardDashboards" in out.getvalue()
+    assert "class_path: mnist_rnn.views.dashboards.TensorBoardDashboards" in out.getvalue()
     assert "default_hp_metric: false" in out.getvalue()
 
 
@@ -237,6 +237,7 @@ def test_help_of_the_command_and_of_its_own_subcommands_needs_no_torch(command):
 
 def test_the_commands_dispatched_to_lightningcli_are_its_subcommands():
     # Two lists on purpose: commands.py stays torch-free and cli.py must not import it back (no circle).
-    from mnist_rnn import cli, commands
+    from mnist_rnn.commands import cli
+    from mnist_rnn.commands import dispatch as commands
 
     assert tuple(commands.LIGHTNING_COMMANDS) == cli.SUBCOMMANDS

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from mnist_rnn.data import MNISTDataModule, normalize, split_indices
+from mnist_rnn.data.datamodule import MNISTDataModule, split_indices
+from mnist_rnn.data.mnist_files import load_split
+from mnist_rnn.data.normalization import normalize
 from mnist_rnn.errors import ConfigError, DatasetError
-from mnist_rnn.mnist_files import load_split
 from tests.conftest import write_fake_mnist
 
 
@@ -120,7 +121,7 @@ def test_val_size_out_of_range(tmp_path):
 
 
 def test_shift_moves_each_digit_within_bounds_and_fills_background():
-    from mnist_rnn.data import shift_images
+    from mnist_rnn.data.batches import shift_images
 
     torch.manual_seed(0)
     images = torch.zeros(64, 28, 28)

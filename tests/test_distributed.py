@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_rnn.checkpoints import read_checkpoint
+from mnist_rnn.run.checkpoints import read_checkpoint
 from tests.conftest import TINY, subprocess_env
 
 # One pytest-xdist worker runs them all: the module's fit is made once, and no two DDP runs share the cores.
@@ -70,7 +70,7 @@ ONE_STEP = [
 
 
 def test_one_two_process_step_equals_one_single_process_step_on_the_same_samples(tmp_path):
-    from mnist_rnn.model import RecurrentClassifier
+    from mnist_rnn.model.classifier import RecurrentClassifier
 
     result = fit(
         tmp_path, *DDP, *ONE_STEP,

@@ -19,9 +19,10 @@ import pytest
 import torch
 import yaml
 
-from mnist_rnn import commands, trainer_settings
+from mnist_rnn.commands import dispatch as commands
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.model import RecurrentClassifier
+from mnist_rnn.model.classifier import RecurrentClassifier
+from mnist_rnn.run import trainer_settings
 from tests.conftest import REPO, TINY, cli_error, run_main, subprocess_env, write_fake_mnist
 
 DOCS = REPO / "docs" / "resume-and-errors.md"
@@ -358,7 +359,8 @@ def test_ctrl_c_outside_training_is_one_line_and_status_130(monkeypatch, tmp_pat
 # test's signal: a signal before training, at a point the test knows it has reached.
 HELD_IN_START_UP = """
 import sys, time
-from mnist_rnn import cli, commands
+from mnist_rnn.commands import cli
+from mnist_rnn.commands import dispatch as commands
 
 def held(path):
     print("starting", flush=True)

@@ -9,9 +9,9 @@ import onnxruntime
 import pytest
 import torch
 
-from mnist_rnn.inference import answer, load_model
-from mnist_rnn.mnist_files import load_split
-from mnist_rnn.model import LSTMClassifier
+from mnist_rnn.commands.inference import answer, load_model
+from mnist_rnn.data.mnist_files import load_split
+from mnist_rnn.model.classifier import LSTMClassifier
 from tests.conftest import cli_error, run_main
 from tests.test_inference import write_checkpoint
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_rnn import commands, make_bundled
-from mnist_rnn.checkpoints import read_checkpoint
+from mnist_rnn.commands import dispatch as commands
+from mnist_rnn.commands import make_bundled
 from mnist_rnn.errors import OutputError
-from mnist_rnn.runs import RunLogger
+from mnist_rnn.run.checkpoints import read_checkpoint
+from mnist_rnn.run.folders import RunLogger
 from tests.conftest import TINY, run_main
 
 RUN = Path("runs/tiny/version_0")
@@ -233,7 +234,7 @@ def test_a_full_disk_with_no_file_named_is_one_line(monkeypatch, capsys):
     def fails(args):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr("mnist_rnn.cli.cli_main", fails)
+    monkeypatch.setattr("mnist_rnn.commands.cli.cli_main", fails)
     with pytest.raises(SystemExit) as exit_info:
         commands.main(["fit"])
     message = one_error_line(exit_info.value.code, capsys.readouterr().err)

@@ -29,12 +29,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from mnist_rnn.commands.inference import load_model
+from mnist_rnn.commands.serve import FORM_OVERHEAD, create_app
+from mnist_rnn.data.images import read_digit, read_digits
+from mnist_rnn.data.mnist_files import IDX_FILES, load_split, parse_idx, read_idx
 from mnist_rnn.errors import DatasetError, PredictInputError
-from mnist_rnn.images import read_digit, read_digits
-from mnist_rnn.inference import load_model
-from mnist_rnn.mnist_files import IDX_FILES, load_split, parse_idx, read_idx
-from mnist_rnn.model import LSTMClassifier
-from mnist_rnn.serve import FORM_OVERHEAD, create_app
+from mnist_rnn.model.classifier import LSTMClassifier
 from tests.conftest import run_main
 from tests.test_inference import write_checkpoint
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from mnist_rnn import hardware
 from mnist_rnn.errors import ConfigError
+from mnist_rnn.run import hardware
 
 
 def test_the_bf16_flags_agree_with_torchs_own_probe():
@@ -91,7 +91,7 @@ def test_without_a_gpu_the_per_step_nvml_probe_is_turned_off():
     code = (
         "import os, lightning, torch\n"
         "print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'))\n"  # Lightning sets it on import (2.6.6)
-        "from mnist_rnn.hardware import skip_gpu_probe_without_gpu\n"
+        "from mnist_rnn.run.hardware import skip_gpu_probe_without_gpu\n"
         "skip_gpu_probe_without_gpu()\n"
         "print(os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'), torch.cuda.device_count())\n"
     )
@@ -129,8 +129,8 @@ def test_hardware_a_run_asks_for_that_is_not_there_is_one_line(tmp_path, monkeyp
 def test_a_fit_on_each_kind_of_cpu_trains_in_its_precision_and_resumes_in_it(tmp_path, monkeypatch, native_bf16, expected):
     # Both kinds on whichever CPU runs the suite (issue 18): the flags and the kernel probe are simulated. A CPU
     # without AVX512-BF16 has no bf16 LSTM kernel (docs/precision.md), so the probe answers only 32-true there.
-    from mnist_rnn.checkpoints import read_checkpoint
     from mnist_rnn.commands import main
+    from mnist_rnn.run.checkpoints import read_checkpoint
     from tests.conftest import TINY, run_cli
 
     if native_bf16 and not hardware.cpu_kernel_runs("lstm", "bf16-mixed"):

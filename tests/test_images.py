@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from mnist_rnn.data.images import find_image_files, read_digit, read_digits, to_mnist_digit
+from mnist_rnn.data.mnist_files import load_split
 from mnist_rnn.errors import PredictInputError
-from mnist_rnn.images import find_image_files, read_digit, read_digits, to_mnist_digit
-from mnist_rnn.mnist_files import load_split
 
 
 @pytest.fixture(scope="module")

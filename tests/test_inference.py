@@ -6,12 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_rnn.data import MNIST_MEAN, MNIST_STD, normalize
+from mnist_rnn.commands.inference import answer, load_model, step_view
+from mnist_rnn.data.images import read_digit
+from mnist_rnn.data.mnist_files import load_split
+from mnist_rnn.data.normalization import MNIST_MEAN, MNIST_STD, normalize
 from mnist_rnn.errors import CheckpointError, PredictInputError
-from mnist_rnn.images import read_digit
-from mnist_rnn.inference import answer, load_model, step_view
-from mnist_rnn.mnist_files import load_split
-from mnist_rnn.model import LSTMClassifier
+from mnist_rnn.model.classifier import LSTMClassifier
 
 
 def write_checkpoint(path: Path, model: LSTMClassifier, **extra) -> Path:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from mnist_rnn.data.mnist_files import EMBEDDED_DIR, load_split, read_idx
 from mnist_rnn.errors import DatasetError
-from mnist_rnn.mnist_files import EMBEDDED_DIR, load_split, read_idx
 from tests.conftest import write_fake_mnist
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.model import LSTMClassifier, RecurrentClassifier
-from mnist_rnn.network import RecurrentNet
+from mnist_rnn.model.classifier import LSTMClassifier, RecurrentClassifier
+from mnist_rnn.model.network import RecurrentNet
 
 
 @pytest.mark.parametrize("batch", [1, 10, 128])
@@ -120,7 +120,7 @@ def test_pixels_follow_reading_order():
 
 
 def test_permutation_is_fixed_by_its_seed_and_survives_a_checkpoint(tmp_path):
-    from mnist_rnn.model import pixel_permutation
+    from mnist_rnn.model.classifier import pixel_permutation
 
     model = LSTMClassifier(hidden_size=8, sequence="permuted", permutation_seed=3)
     assert torch.equal(model.net.permutation, pixel_permutation(3))
@@ -165,8 +165,8 @@ def test_recurrent_initialisations(cell):
 @pytest.mark.parametrize("name", ["legacy_rows_lstm", "legacy_permuted_gru"])
 def test_checkpoints_of_the_earlier_module_layout_still_load(name, tmp_path):
     """Written by mnist-rnn 0.1.0 before the network moved to network.py (weights named rnn.*, head.*)."""
-    from mnist_rnn.data import normalize
-    from mnist_rnn.mnist_files import load_split
+    from mnist_rnn.data.mnist_files import load_split
+    from mnist_rnn.data.normalization import normalize
 
     fixtures = Path(__file__).parent / "fixtures"
     expected = torch.load(fixtures / "legacy_logits.pt")[name]  # that code's logits for the first 16 test digits

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import mnist_rnn
-from mnist_rnn import bundled
+from mnist_rnn.commands import bundled
 from tests.test_bundled import ANNOUNCED, check_serves_the_bundled_model, write_pngs
 
 REPO = Path(__file__).resolve().parent.parent

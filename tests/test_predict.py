@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mnist_rnn.mnist_files import load_split
+from mnist_rnn.data.mnist_files import load_split
 from tests.conftest import run_cli, run_main
 from tests.test_images import write_huge_png
 

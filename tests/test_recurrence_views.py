@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_rnn.network import RecurrentNet
-from mnist_rnn.unroll import gradient_by_step, unroll
+from mnist_rnn.model.network import RecurrentNet
+from mnist_rnn.views.unroll import gradient_by_step, unroll
 from tests.conftest import TINY, run_cli
 
 IMAGE_TAGS = ("val/accuracy_by_steps_read", "train/gradient_by_step", "val/gates")
@@ -99,7 +99,7 @@ def views_config(tmp_path: Path, **init_args) -> str:
     args = "".join(f"        {k}: {str(v).lower()}\n" for k, v in init_args.items())
     path = tmp_path / "views.yaml"
     path.write_text(
-        "trainer:\n  callbacks:\n    - class_path: mnist_rnn.recurrence_views.RecurrenceViews\n"
+        "trainer:\n  callbacks:\n    - class_path: mnist_rnn.views.recurrence.RecurrenceViews\n"
         + ("      init_args:\n" + args if args else "")
     )
     return str(path)

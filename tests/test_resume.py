@@ -14,8 +14,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_rnn.checkpoints import read_checkpoint
 from mnist_rnn.commands import main
+from mnist_rnn.run.checkpoints import read_checkpoint
 from tests.conftest import TINY, run_cli, subprocess_env
 
 LAST = Path("runs/tiny/version_0/checkpoints/last.ckpt")

@@ -5,8 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mnist_rnn.checkpoints import read_checkpoint
-from mnist_rnn.runs import RunLogger
+from mnist_rnn.run.checkpoints import read_checkpoint
+from mnist_rnn.run.folders import RunLogger
 from tests.conftest import TINY, cli_error, subprocess_env
 
 

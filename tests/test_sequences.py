@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_rnn.mnist_files import load_split
+from mnist_rnn.data.mnist_files import load_split
 from tests.conftest import TINY, run_cli, write_idx
 
 
@@ -80,9 +80,9 @@ def test_predict_on_image_files_reads_them_as_the_model_was_trained(tmp_path, se
     import torch
     from PIL import Image
 
-    from mnist_rnn.data import normalize
-    from mnist_rnn.images import read_digits
-    from mnist_rnn.model import LSTMClassifier
+    from mnist_rnn.data.images import read_digits
+    from mnist_rnn.data.normalization import normalize
+    from mnist_rnn.model.classifier import LSTMClassifier
     from tests.conftest import run_main
 
     cli, _ = run_cli(

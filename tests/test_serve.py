@@ -21,11 +21,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
-from mnist_rnn.images import read_digit
-from mnist_rnn.inference import answer, load_model
-from mnist_rnn.mnist_files import load_split
-from mnist_rnn.model import LSTMClassifier
-from mnist_rnn.serve import create_app
+from mnist_rnn.commands.inference import answer, load_model
+from mnist_rnn.commands.serve import create_app
+from mnist_rnn.data.images import read_digit
+from mnist_rnn.data.mnist_files import load_split
+from mnist_rnn.model.classifier import LSTMClassifier
 from tests.conftest import cli_error, run_main, subprocess_env
 from tests.test_inference import write_checkpoint
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_rnn.checkpoints import read_checkpoint
 from mnist_rnn.commands import main
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.steps_per_execution import validate_in_optimizer_steps
+from mnist_rnn.run.checkpoints import read_checkpoint
+from mnist_rnn.run.steps_per_execution import validate_in_optimizer_steps
 from tests.conftest import TINY, cli_error
 
 # fp32, batch 20 (2,750 batches an epoch, which 10 divides), a one-cycle schedule, two layers with
@@ -131,7 +131,7 @@ def test_resuming_with_another_count_is_refused(one_and_ten, monkeypatch, capsys
     assert "whose run has model.steps_per_execution 10 but this command sets 5" in message
 
 
-@pytest.mark.parametrize("checkpoint", ["mnist_rnn.checkpoints.TimedCheckpoint", "lightning.pytorch.callbacks.ModelCheckpoint"])
+@pytest.mark.parametrize("checkpoint", ["mnist_rnn.run.checkpoints.TimedCheckpoint", "lightning.pytorch.callbacks.ModelCheckpoint"])
 def test_time_based_checkpoints_need_timed_checkpoint_under_several_steps(tmp_path, monkeypatch, checkpoint):
     """A mid-epoch end (max_steps 50) writes no checkpoint of its own: only the time-based one can be there."""
     monkeypatch.chdir(tmp_path)
@@ -151,7 +151,7 @@ def test_timed_checkpoint_saves_by_time_with_one_step_per_batch_too(tmp_path, mo
     # conf/default.yaml's every-minute last.ckpt runs with K = 1: the same callback must save there.
     monkeypatch.chdir(tmp_path)
     Path("same_run.yaml").write_text(SAME_RUN)
-    timed = json.dumps({"class_path": "mnist_rnn.checkpoints.TimedCheckpoint",
+    timed = json.dumps({"class_path": "mnist_rnn.run.checkpoints.TimedCheckpoint",
                         "init_args": {"filename": "timed", "train_time_interval": "0:00:00"}})  # fmt: skip
     fit(1, "timed", "--trainer.max_steps", "50", f"--trainer.callbacks+={timed}")
     assert read_checkpoint(Path("runs/timed/version_0/checkpoints/timed.ckpt"))["global_step"] == 50
@@ -179,7 +179,7 @@ def test_several_processes_and_a_datamodule_serving_single_batches_are_refused()
     with pytest.raises(ConfigError, match=r"^model.steps_per_execution 10 runs in one process only \(this run has 2\)"):
         validate_in_optimizer_steps(trainer, 10, 5500)
 
-    from mnist_rnn.model import RecurrentClassifier
+    from mnist_rnn.model.classifier import RecurrentClassifier
 
     model = RecurrentClassifier(hidden_size=8, steps_per_execution=5)
     with pytest.raises(ConfigError, match="give the datamodule the same steps_per_execution"):

@@ -23,10 +23,10 @@ from lightning.pytorch import Callback
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnist_rnn.checkpoints import read_checkpoint
-from mnist_rnn.data import normalize
-from mnist_rnn.mnist_files import load_split
-from mnist_rnn.model import LSTMClassifier
+from mnist_rnn.data.mnist_files import load_split
+from mnist_rnn.data.normalization import normalize
+from mnist_rnn.model.classifier import LSTMClassifier
+from mnist_rnn.run.checkpoints import read_checkpoint
 from tests.conftest import TINY, run_main, subprocess_env
 
 # Trials of a few seconds: the tiny model, a handful of batches, fp32 (so that the test accuracy
@@ -290,7 +290,7 @@ def test_a_sweep_killed_in_a_trials_test_retries_the_test_alone(tmp_path):
 
 
 def test_a_full_disk_under_the_results_or_the_study_is_one_line(tmp_path, monkeypatch):
-    import mnist_rnn.sweep
+    import mnist_rnn.commands.sweep
 
     sweep = write_sweep(tmp_path, "full", overrides=QUICK, seeds=1)
     status, _, err = run_main("sweep", "-c", str(sweep), cwd=tmp_path)
@@ -313,7 +313,7 @@ def test_a_full_disk_under_the_results_or_the_study_is_one_line(tmp_path, monkey
 
     # results.csv: its new copy cannot be written; the one before stays whole.
     with monkeypatch.context() as patch:
-        patch.setattr(mnist_rnn.sweep, "open", full, raising=False)
+        patch.setattr(mnist_rnn.commands.sweep, "open", full, raising=False)
         one_line_naming("runs/full/results.csv")
     assert (folder / "results.csv").read_text() == results
 
@@ -382,7 +382,7 @@ def test_a_missing_sweep_file_and_bad_options_are_one_line_errors(tmp_path):
 
 def test_packaged_sweep_files_are_valid(tmp_path):
     """conf/sweeps/*.yaml parse and check out against the fit parser (nothing is trained)."""
-    from mnist_rnn.sweep import check_spec, load_spec
+    from mnist_rnn.commands.sweep import check_spec, load_spec
 
     seeds = load_spec("sweeps/seeds.yaml")  # found among the packaged configs, from any folder
     assert seeds.seeds == [1, 2, 3, 4, 5] and not seeds.params

@@ -1,7 +1,7 @@
 """`RecurrenceViews`: TensorBoard views of how the network reads, step by step, and their drawing.
 
 What each view shows and how to read it: docs/dashboards.md. The network is read through its
-public methods and its layers' public weights (mnist_rnn/unroll.py)."""
+public methods and its layers' public weights (mnist_rnn/views/unroll.py)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image, ImageDraw
 from torchvision.transforms.functional import pil_to_tensor
 
-from mnist_rnn.dashboards import centred_text, digit_picture, tensorboard_logger, text_font, unit_range, val_step
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.unroll import gradient_by_step, unroll
+from mnist_rnn.views.dashboards import centred_text, digit_picture, tensorboard_logger, text_font, unit_range, val_step
+from mnist_rnn.views.unroll import gradient_by_step, unroll
 
 MAX_TABLE_ROWS = 28  # a text table longer than this is thinned to every (T / 28)th step
 

@@ -1,4 +1,4 @@
-"""The training logic: steps, metrics, optimizers and schedules around `mnist_rnn.network.RecurrentNet`.
+"""The training logic: steps, metrics, optimizers and schedules around `mnist_rnn.model.network.RecurrentNet`.
 
 Its settings are saved with every checkpoint (`save_hyperparameters`), so a checkpoint alone
 rebuilds the same network, reads images the same way and keeps the same permutation.
@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_rnn.checkpoints import upgraded_key
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
-from mnist_rnn.resume import check_schedule_length
-from mnist_rnn.steps_per_execution import StepsPerExecution
+from mnist_rnn.model.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
+from mnist_rnn.run.checkpoints import upgraded_key
+from mnist_rnn.run.resume import check_schedule_length
+from mnist_rnn.run.steps_per_execution import StepsPerExecution
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
 

@@ -25,7 +25,7 @@ IDX_FILES = {
     ("test", "labels"): "t10k-labels-idx1-ubyte",
 }
 
-EMBEDDED_DIR = Path(__file__).parent / "assets" / "mnist"
+EMBEDDED_DIR = Path(__file__).parents[1] / "assets" / "mnist"
 
 # IDX's header: two zero bytes, a type code, the number of dimensions; then each size as a
 # big-endian int32. MNIST's files hold unsigned bytes, type 0x08.

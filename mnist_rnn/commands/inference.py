@@ -13,10 +13,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from mnist_rnn import checkpoints
-from mnist_rnn.data import NO_LABEL, normalize, saved_normalization
-from mnist_rnn.model import RecurrentClassifier
-from mnist_rnn.network import IMAGE_SIDE
+from mnist_rnn.data.normalization import NO_LABEL, normalize, saved_normalization
+from mnist_rnn.model.classifier import RecurrentClassifier
+from mnist_rnn.model.network import IMAGE_SIDE
+from mnist_rnn.run import checkpoints
 
 
 @dataclass

@@ -25,11 +25,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
-from mnist_rnn import bundled
+from mnist_rnn.commands import bundled
+from mnist_rnn.commands.inference import LoadedModel, answer, load_model
+from mnist_rnn.data.images import read_digit
 from mnist_rnn.errors import ConfigError, PredictInputError, ServeError
-from mnist_rnn.hardware import cores
-from mnist_rnn.images import read_digit
-from mnist_rnn.inference import LoadedModel, answer, load_model
+from mnist_rnn.run.hardware import cores
 
 PAGE_DIR = Path(__file__).parent / "serve_page"
 # Room for a multipart form's boundaries and part headers around a file of the largest allowed size.

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics import Metric
 
 from mnist_rnn.errors import CheckpointError, ConfigError
-from mnist_rnn.runs import newest_checkpoint, newest_in, runs_folder, version_of
+from mnist_rnn.run.folders import newest_checkpoint, newest_in, runs_folder, version_of
 
 LAST = "last"
 
@@ -147,7 +147,7 @@ class RandomState(Callback):
 
     Lightning restores weights, optimizer, schedule and loop progress but not the generators, so a resumed run
     would draw other dropout masks. Under DDP every rank's are saved and each rank gets its own back. NumPy's is
-    left out: nothing in training draws from it (nor does the images' order: see `mnist_rnn.data.EpochShuffle`).
+    left out: nothing in training draws from it (nor does the images' order: see `mnist_rnn.data.batches.EpochShuffle`).
     """
 
     def __init__(self) -> None:

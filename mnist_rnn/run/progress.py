@@ -13,7 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 
-from mnist_rnn.runs import newest_in
+from mnist_rnn.run.folders import newest_in
 
 
 class EpochLineProgressBar(ProgressBar):

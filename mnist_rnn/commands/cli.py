@@ -21,20 +21,22 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from mnist_rnn import bundled, checkpoints, hardware, resume, runs, steps_per_execution, trainer_settings
-from mnist_rnn.data import MNISTDataModule, check_source
+from mnist_rnn.commands import bundled
+from mnist_rnn.commands.predictions import PredictionCSVWriter, report_skipped
+from mnist_rnn.data.datamodule import MNISTDataModule, check_source
 from mnist_rnn.errors import ConfigError, usage_error
-from mnist_rnn.model import RecurrentClassifier
-from mnist_rnn.predictions import PredictionCSVWriter, report_skipped
-from mnist_rnn.progress import SummaryWithoutFlops, default_progress_bar, fit_report
+from mnist_rnn.model.classifier import RecurrentClassifier
+from mnist_rnn.run import checkpoints, hardware, resume, steps_per_execution, trainer_settings
+from mnist_rnn.run import folders as runs
+from mnist_rnn.run.progress import SummaryWithoutFlops, default_progress_bar, fit_report
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI's (commands.py dispatches them here, by the same names)
 
 
 def config_file(name: str) -> str:
     """Path of a conf/*.yaml file: mnist_rnn/conf/ in a wheel, conf/ in a source checkout or editable install."""
-    packaged = Path(__file__).parent / "conf"
-    folder = packaged if packaged.is_dir() else Path(__file__).parent.parent / "conf"
+    package = Path(__file__).parents[1]
+    folder = package / "conf" if (package / "conf").is_dir() else package.parent / "conf"
     return str(folder / name)
 
 

@@ -56,7 +56,7 @@ def known(mapping: dict, at: str, keys: tuple[str, ...]) -> None:
 
 
 def find_config(name: str, near: Optional[Path] = None) -> Optional[Path]:  # as given, next to `near`, or packaged (as fit -c)
-    from mnist_rnn.cli import config_file  # cli.py never imports the sweep: no circle
+    from mnist_rnn.commands.cli import config_file  # cli.py never imports the sweep: no circle
 
     return next((p for p in (Path(name), *([near / name] if near else []), Path(config_file(name))) if p.is_file()), None)
 
@@ -144,7 +144,7 @@ def flag(name: str, value: Any) -> str:  # --name=value as the fit parser reads 
 
 
 def parse_fit(args: list[str], refused: str) -> dict:  # the whole `fit` config they give: LightningCLI's --print_config, in this process
-    from mnist_rnn.cli import cli_main
+    from mnist_rnn.commands.cli import cli_main
 
     out, err = io.StringIO(), io.StringIO()
     try:

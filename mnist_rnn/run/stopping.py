@@ -13,7 +13,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mnist_rnn.errors import TrainingDiverged, TrainingStopped
-from mnist_rnn.runs import newest_in
+from mnist_rnn.run.folders import newest_in
 
 
 def checkpoint_folder(trainer: L.Trainer) -> Path:

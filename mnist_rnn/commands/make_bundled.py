@@ -1,7 +1,7 @@
 """Makes the bundled model, mnist_rnn/assets/bundled.ckpt (docs/model-card.md):
 
-    python -m mnist_rnn.make_bundled                  # mnist-rnn fit of the default config, then test, then slim
-    python -m mnist_rnn.make_bundled --from CKPT      # from a checkpoint of a default-config run instead
+    python -m mnist_rnn.commands.make_bundled                  # mnist-rnn fit of the default config, then test, then slim
+    python -m mnist_rnn.commands.make_bundled --from CKPT      # from a checkpoint of a default-config run instead
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any, Optional
 
 import torch
 
-from mnist_rnn.bundled import BUNDLED_CKPT, INFO, KEEP, MAX_BYTES, describe
-from mnist_rnn.checkpoints import read_checkpoint
-from mnist_rnn.cli import cli_main
+from mnist_rnn.commands.bundled import BUNDLED_CKPT, INFO, KEEP, MAX_BYTES, describe
+from mnist_rnn.commands.cli import cli_main
+from mnist_rnn.commands.inference import training_state
 from mnist_rnn.errors import ConfigError, MnistRnnError
-from mnist_rnn.hardware import cores, cpu_name
-from mnist_rnn.inference import training_state
-from mnist_rnn.runs import staged
+from mnist_rnn.run.checkpoints import read_checkpoint
+from mnist_rnn.run.folders import staged
+from mnist_rnn.run.hardware import cores, cpu_name
 
 
 def _run_seed(ckpt: Path) -> int:
@@ -56,7 +56,7 @@ def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
         "val_acc": training_state(checkpoint).get("best", {}).get("score"),
         "machine": f"{cpu_name()}, {cores()} cores",
         "torch": str(torch.__version__),  # a plain str: TorchVersion would be pickled code to the checked reader
-        "command": "python -m mnist_rnn.make_bundled",
+        "command": "python -m mnist_rnn.commands.make_bundled",
     }
     output.parent.mkdir(parents=True, exist_ok=True)
     with staged(output) as staging:
@@ -72,7 +72,7 @@ def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mnist_rnn.make_bundled", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mnist_rnn.commands.make_bundled", description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", type=Path, default=None,
                         help="a best checkpoint of a default-config run to bundle, instead of training one")  # fmt: skip
     parser.add_argument("--output", type=Path, default=BUNDLED_CKPT, help=f"where to write it (default {BUNDLED_CKPT})")

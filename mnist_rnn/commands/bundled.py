@@ -1,6 +1,6 @@
 """The trained model that ships inside the package: where it is, what it is, and loading it.
 
-`assets/bundled.ckpt`, made by `python -m mnist_rnn.make_bundled` (docs/model-card.md), is a checkpoint
+`assets/bundled.ckpt`, made by `python -m mnist_rnn.commands.make_bundled` (docs/model-card.md), is a checkpoint
 of the default config without the optimizer, scheduler and callback states (it is for use, not
 resuming), so it loads like any checkpoint `fit` writes. Its `bundled` entry records the config, seed
 and test accuracy `mnist-rnn test` measured on it, which the commands that use it print in one line.
@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
-BUNDLED_CKPT = Path(__file__).parent / "assets" / "bundled.ckpt"
+BUNDLED_CKPT = Path(__file__).parents[1] / "assets" / "bundled.ckpt"
 MAX_BYTES = 1_000_000  # the issue's bound on what the wheel carries for the model
 # What the bundled checkpoint keeps of a training checkpoint: enough to rebuild the model, turn an
 # image into its input, and evaluate it in the precision it was trained in.
@@ -41,7 +41,7 @@ def resolve(ckpt_path: Optional[Union[str, Path]]) -> str:
     one, announced on stderr (stdout stays the command's results)."""
     if ckpt_path:
         return str(ckpt_path)
-    from mnist_rnn.checkpoints import read_checkpoint
+    from mnist_rnn.run.checkpoints import read_checkpoint
 
     print(announcement(read_checkpoint(BUNDLED_CKPT)), file=sys.stderr, flush=True)
     return str(BUNDLED_CKPT)
@@ -49,8 +49,8 @@ def resolve(ckpt_path: Optional[Union[str, Path]]) -> str:
 
 def load_model(ckpt_path: Optional[Union[str, Path]] = None) -> nn.Module:
     """`mnist_rnn.load_model`, documented there: the model of ckpt_path (else the bundled one), pixels in, logits out."""
-    from mnist_rnn.inference import PixelsToLogits
-    from mnist_rnn.inference import load_model as load_checkpoint_model
+    from mnist_rnn.commands.inference import PixelsToLogits
+    from mnist_rnn.commands.inference import load_model as load_checkpoint_model
 
     loaded = load_checkpoint_model(ckpt_path or BUNDLED_CKPT)
     return PixelsToLogits(loaded.model, loaded.mean, loaded.std).eval()

@@ -18,7 +18,7 @@ from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid
 
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.network import NUM_CLASSES
+from mnist_rnn.model.network import NUM_CLASSES
 
 
 class TensorBoardDashboards(Callback):

@@ -23,9 +23,10 @@ from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_s
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
-from mnist_rnn import hardware, resume, runs
+from mnist_rnn.commands.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner, need
 from mnist_rnn.errors import MnistRnnError, TrainingStopped
-from mnist_rnn.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner, need
+from mnist_rnn.run import folders as runs
+from mnist_rnn.run import hardware, resume
 
 # A worker beats every 5 s while its trial runs; 30 s without a beat mean it is gone (a --resume after a kill waits that long).
 HEARTBEAT_S, GRACE_S = 5, 30
@@ -101,7 +102,7 @@ class Sweep:
             time.sleep(HEARTBEAT_S)
 
     def objective(self, trial: optuna.Trial) -> float:
-        from mnist_rnn.cli import cli_main
+        from mnist_rnn.commands.cli import cli_main
 
         spec, started = self.spec, time.perf_counter()
         params = {name: getattr(trial, f"suggest_{kind}")(name, **keywords) for name, (kind, keywords) in spec.params.items()}

@@ -1,4 +1,5 @@
-"""MNIST's images normalized, split and served in batches (the files are `mnist_files`' job).
+"""`MNISTDataModule`: MNIST's images read, normalized, split and served in batches (the files are `mnist_files`'
+job, the batches `batches`', the arithmetic `normalization`'s).
 
 The dataset lives in memory as one normalized float32 tensor (about 190 MB): a batch is one index
 into it, with no per-sample Python, PIL or collate work, so training runs about twice as fast as
@@ -15,37 +16,20 @@ from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader
 
+from mnist_rnn.data.batches import EpochShuffle, InMemoryDataset, ResumableLoader, ResumePoint, batch_as_is, shift_images
+from mnist_rnn.data.images import read_digits
+from mnist_rnn.data.mnist_files import find_idx_files, load_split, read_idx
+from mnist_rnn.data.normalization import MNIST_MEAN, MNIST_STD, NO_LABEL, normalize
 from mnist_rnn.errors import ConfigError, DatasetError
-from mnist_rnn.images import read_digits
-from mnist_rnn.mnist_files import find_idx_files, load_split, read_idx
-from mnist_rnn.steps_per_execution import check_settings, group, lightning_steps
+from mnist_rnn.run.steps_per_execution import check_settings
+
 
 # The dataset is in memory: worker processes would only copy it, so Lightning's advice to add some does not apply.
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 # Lightning's warning that a mid-epoch resume starts its epoch over: here the datamodule saves the position (ResumableLoader).
 warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable.*")
-
-# The mean and standard deviation of MNIST's training pixels (scaled to [0, 1]).
-MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-# The label of an image that has none (the user's own digits): predict writes no label column then.
-NO_LABEL = -1
-
-
-def normalize(images: torch.Tensor, mean: float = MNIST_MEAN, std: float = MNIST_STD) -> torch.Tensor:
-    """Pixels in [0, 255] (uint8 or float) -> float32, standardized as during training.
-
-    The only code doing this arithmetic: the data module, `predict`, `serve` and the ONNX graph call it.
-    One copy, then in place: the input is left as it was, and all of MNIST needs one float copy only.
-    """
-    return images.to(torch.float32, copy=True).div_(255.0).sub_(mean).div_(std)
-
-
-def saved_normalization(saved_data: dict[str, Any]) -> tuple[float, float]:
-    """The mean and standard deviation a checkpoint's model was trained with (its data settings), else MNIST's."""
-    return float(saved_data.get("mean", MNIST_MEAN)), float(saved_data.get("std", MNIST_STD))
 
 
 def check_source(data_dir: Optional[str], download: bool, val_size: int, splits: bool) -> None:
@@ -70,112 +54,6 @@ def split_indices(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch
     return order[val_size:], order[:val_size]
 
 
-class InMemoryDataset(TensorDataset):
-    """Images and labels as tensors, each batch one index operation; `names`: each image's source, for the CSV.
-
-    DataLoader calls `__getitems__` with the batch's indices (torch>=2.0), so the standard samplers
-    (shuffling, DistributedSampler under DDP) work unchanged.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, names: Optional[list[str]] = None) -> None:
-        super().__init__(images, labels)
-        self.images, self.labels, self.names = images, labels, names
-
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices, device=self.images.device)
-        return self.images[index], self.labels[index]
-
-
-def shift_images(images: torch.Tensor, max_shift: int, background: float) -> torch.Tensor:
-    """Move each (28, 28) image by its own random offset in [-max_shift, max_shift] on both axes,
-    filling what comes in from the border with the background value. One gather for the batch."""
-    n, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (max_shift,) * 4, value=background)
-    dy, dx = torch.randint(-max_shift, max_shift + 1, (2, n, 1), device=images.device)
-    rows = torch.arange(height, device=images.device) + max_shift - dy  # (n, height)
-    cols = torch.arange(width, device=images.device) + max_shift - dx  # (n, width)
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    return padded[batch, rows[:, :, None], cols[:, None, :]]
-
-
-def batch_as_is(batch):
-    """The collate function for InMemoryDataset: its batches come out already stacked."""
-    return batch
-
-
-class EpochShuffle(Sampler[int]):
-    """A new order of the training images every epoch, drawn from (seed, epoch) alone.
-
-    So a resumed run sees exactly the batches the uninterrupted run would have seen. Lightning calls
-    `set_epoch` at every epoch start (through its DistributedSampler wrapper too, under DDP).
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        # A generator: the order is drawn at the first index, after Lightning has set the epoch.
-        # hash() of a tuple of ints is the same in every process (only str and bytes hashes are salted).
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)))
-        yield from torch.randperm(self.size, generator=generator).tolist()
-
-
-@dataclass(eq=False)
-class ResumePoint:
-    """How far the training loader got in its epoch; the datamodule saves it in every checkpoint."""
-
-    epoch: Optional[int] = None
-    served: int = 0  # batches handed out so far in this epoch
-    pending: Optional[dict[str, Any]] = None  # a checkpoint's position, not yet applied
-
-
-class ResumableLoader(DataLoader):
-    """A DataLoader that, resumed mid-epoch, skips what the interrupted epoch had served, and that can
-    serve several batches per Lightning step.
-
-    Not Lightning's own mechanism (a stateful loader such as torchdata's StatefulDataLoader): in
-    lightning 2.6.6 a schedule that asks `trainer.estimated_stepping_batches` (onecycle, cosine) has
-    the loader set up before the loop state is restored, so the saved position is never applied.
-    The datamodule's state, restored first, has no such problem. Counted in batches of this process's
-    sampler: under DDP, where Lightning rebuilds the loader with the same `resume`, each rank skips its share.
-
-    With steps_per_execution K > 1 each item is a list of K batches (the epoch's last may hold fewer),
-    one optimizer step each: K = 1's batches in K times fewer Lightning steps; `len()` counts the lists.
-    """
-
-    def __init__(self, *args: Any, resume: Optional[ResumePoint] = None, steps_per_execution: int = 1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.resume = resume if resume is not None else ResumePoint()
-        self.steps_per_execution = steps_per_execution
-
-    @property
-    def batches_per_epoch(self) -> int:
-        """Training batches (optimizer steps) in one epoch of this process."""
-        return super().__len__()
-
-    def __len__(self) -> int:
-        return lightning_steps(self.batches_per_epoch, self.steps_per_execution)
-
-    def __iter__(self):
-        return group(self._batches(), self.steps_per_execution)
-
-    def _batches(self):
-        # Everything happens at the first batch, after Lightning has set the sampler's epoch.
-        resume = self.resume
-        epoch = getattr(self.sampler, "epoch", None)
-        pending, resume.pending = resume.pending, None
-        skip = pending["served"] if pending is not None and pending.get("epoch") == epoch else 0
-        resume.epoch, resume.served = epoch, 0
-        for served, batch in enumerate(super().__iter__(), start=1):
-            resume.served = served  # read only between yields: then it counts what was handed out
-            if served > skip:
-                yield batch
 
 
 class MNISTDataModule(L.LightningDataModule):

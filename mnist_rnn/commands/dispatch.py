@@ -133,7 +133,7 @@ def run(args: Optional[list[str]]) -> None:
         elif argv[0] in OWN_COMMANDS:
             run_own_command(argv[0], argv[1:])
         else:
-            from mnist_rnn.cli import cli_main  # LightningCLI: torch and Lightning come in here
+            from mnist_rnn.commands.cli import cli_main  # LightningCLI: torch and Lightning come in here
 
             cli_main(args)
     except MnistRnnError as err:
@@ -141,7 +141,7 @@ def run(args: Optional[list[str]]) -> None:
             raise
         if isinstance(err, TrainingStopped):
             if err.report:
-                from mnist_rnn.resume import resume_command
+                from mnist_rnn.run.resume import resume_command
 
                 print(f"mnist-rnn: {err}\nresume with: {resume_command(argv)}", file=sys.stderr)
         else:

@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.serialization import get_unsafe_globals_in_checkpoint
 
 from mnist_rnn.errors import CheckpointError, OutputError
-from mnist_rnn.runs import resume_hint, staged
+from mnist_rnn.run.folders import resume_hint, staged
 
 # Checkpoints written before the network moved into its own module (mnist-rnn 0.1.0 as of
 # 2026-11-30) name the weights rnn.*, head.* and permutation; they now live under net.

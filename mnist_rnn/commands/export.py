@@ -21,13 +21,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from mnist_rnn import bundled
-from mnist_rnn.commands import CHECK_IMAGES  # the option and its range come from the command line
+from mnist_rnn.commands import bundled
+from mnist_rnn.commands.dispatch import CHECK_IMAGES  # the option and its range come from the command line
+from mnist_rnn.commands.inference import LoadedModel, PixelsToLogits, answer, load_model
+from mnist_rnn.data.mnist_files import load_split
 from mnist_rnn.errors import ConfigError, ExportError
-from mnist_rnn.inference import LoadedModel, PixelsToLogits, answer, load_model
-from mnist_rnn.mnist_files import load_split
-from mnist_rnn.network import IMAGE_SIDE
-from mnist_rnn.runs import staged
+from mnist_rnn.model.network import IMAGE_SIDE
+from mnist_rnn.run.folders import staged
 
 # The largest difference in any probability allowed between ONNX Runtime and PyTorch. Measured:
 # 2e-8 to 3e-7 for LSTM, GRU, bidirectional and permuted models (float32 rounding, 2026-11-30).

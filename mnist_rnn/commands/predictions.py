@@ -14,9 +14,9 @@ from typing import Any, Optional, Sequence
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from mnist_rnn.data import NO_LABEL
+from mnist_rnn.data.normalization import NO_LABEL
 from mnist_rnn.errors import ConfigError, PredictOutputError, SkippedInputsError, disk_full, is_disk_full
-from mnist_rnn.runs import commit, staging_path
+from mnist_rnn.run.folders import commit, staging_path
 
 
 class PredictionCSVWriter(BasePredictionWriter):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mnist_rnn.network import RecurrentNet
+from mnist_rnn.model.network import RecurrentNet
 
 # The gates each cell has, in the order PyTorch packs their weights (the LSTM's cell candidate g,
 # packed third, is no gate and is left out of what is returned).

@@ -1,0 +1,20 @@
+"""The model: the recurrent network (`network`) and the LightningModule that trains it (`classifier`).
+
+The names of the module `mnist_rnn.model` of 0.2 and older are handed on (a saved config's
+`class_path: mnist_rnn.model.…`), imported on first use."""
+
+import importlib
+
+_OLD_NAMES = {
+    "FLOAT32_MAX": "mnist_rnn.model.classifier",
+    "RecurrentClassifier": "mnist_rnn.model.classifier",
+    "OPTIMIZERS": "mnist_rnn.model.classifier",
+    "SCHEDULERS": "mnist_rnn.model.classifier",
+    "LSTMClassifier": "mnist_rnn.model.classifier",
+}
+
+
+def __getattr__(name: str):
+    if name in _OLD_NAMES:
+        return getattr(importlib.import_module(_OLD_NAMES[name]), name)
+    raise AttributeError(f"module 'mnist_rnn.model' has no attribute {name!r}")

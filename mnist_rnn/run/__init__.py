@@ -1,0 +1,1 @@
+"""The run machinery: run folders, checkpoints, resume, stopping, progress, hardware and the Trainer's settings."""
