@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -29,6 +28,7 @@ from mnist_rnn.model.classifier import RecurrentClassifier
 from mnist_rnn.run import checkpoints, hardware, resume, steps_per_execution, trainer_settings
 from mnist_rnn.run import folders as runs
 from mnist_rnn.run.progress import SummaryWithoutFlops, default_progress_bar, fit_report
+from mnist_rnn.run.warning_filters import ignore_known_warnings
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI's (commands.py dispatches them here, by the same names)
 
@@ -260,10 +260,7 @@ def check_config(path: str) -> str:
 
 def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] = ()) -> MnistRnnCLI:
     """`callbacks`: added to the Trainer but not to the run's config.yaml (LightningCLI's trainer_defaults)."""
-    # A deprecation inside Lightning itself, not in this project.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # A fit that ends before its first validation: progress.fit_report says so in its own line.
-    warnings.filterwarnings("ignore", message=r".*ModelCheckpoint\(monitor=.*could not find the monitored key.*")
+    ignore_known_warnings()  # Lightning's warnings that say nothing about a run of this project
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(drop_tips)
     hardware.skip_gpu_probe_without_gpu()
     return MnistRnnCLI(
