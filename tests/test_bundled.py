@@ -136,10 +136,10 @@ def test_serve_without_ckpt_path_answers_with_the_bundled_model(tmp_path):
 
 
 def test_a_given_checkpoint_wins_over_the_bundled_one_in_serve_and_export(tmp_path, capsys):
-    mine = str(own_checkpoint(tmp_path / "mine.ckpt", always=3))
-    assert bundled.resolve(mine) == mine  # what serve and export load
+    mine = own_checkpoint(tmp_path / "mine.ckpt", always=3)
+    assert bundled.command_model(str(mine)).path == mine  # what serve and export load
     assert capsys.readouterr().err == ""
-    assert bundled.resolve(None) == str(bundled.BUNDLED_CKPT)
+    assert bundled.command_model(None).path == bundled.BUNDLED_CKPT
     assert capsys.readouterr().err.startswith(ANNOUNCED)
 
 

@@ -177,6 +177,21 @@ def test_a_bad_checkpoint_is_refused_in_one_line_before_anything_runs(good, caps
     assert not Path("runs").exists()
 
 
+def test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line(good, capsys, monkeypatch):
+    read_bytes = Path.read_bytes
+
+    def refused(path: Path) -> bytes:  # what chmod 000 does for a user other than root (the tests may run as root)
+        if path.name == good.name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    assert cli_error(capsys, "test", "--ckpt_path", good.name) == (
+        f"checkpoint {good.name} cannot be read (Permission denied); fix its permissions or pass a checkpoint file"
+        " written by `mnist-rnn fit` (runs/<config>/version_<N>/checkpoints/*.ckpt)"
+    )
+
+
 def test_last_with_no_run_to_resume_is_an_error_not_a_fresh_start(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     message = cli_error(capsys, "fit", "-c", TINY, "--ckpt_path", "last")

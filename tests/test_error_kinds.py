@@ -397,6 +397,7 @@ EXISTING = {
     "--data.data_dir with no IDX files": ("test_errors", "test_a_bad_data_dir"),
     "--data.data_dir that does not exist": ("test_errors", "test_a_bad_data_dir"),
     "--data.download into a read-only folder": ("test_error_kinds", "test_a_read_only_run_folder_and_export_folder"),
+    "a checkpoint this user may not read": ("test_checkpoints", "test_a_checkpoint_that_cannot_be_read_is_refused_in_one_line"),
     "a checkpoint that does not exist, or a folder": (
         "test_checkpoints",
         "test_a_bad_checkpoint_is_refused_in_one_line_before_anything_runs",

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from mnist_rnn.commands.inference import LoadedModel
 
 BUNDLED_CKPT = Path(__file__).parents[1] / "assets" / "bundled.ckpt"
 MAX_BYTES = 1_000_000  # the issue's bound on what the wheel carries for the model
@@ -36,15 +39,17 @@ def announcement(checkpoint: dict[str, Any]) -> str:
     return f"{describe(checkpoint)} (pass --ckpt_path for your own)"
 
 
-def resolve(ckpt_path: Optional[Union[str, Path]]) -> str:
-    """The checkpoint a command without --ckpt_path uses: the user's own when given, else the bundled
-    one, announced on stderr (stdout stays the command's results)."""
-    if ckpt_path:
-        return str(ckpt_path)
+def command_model(ckpt_path: Optional[Union[str, Path]]) -> LoadedModel:
+    """The model serve and export use: the user's checkpoint when given, else the bundled one, announced on
+    stderr (stdout stays the command's results). Its file is read once."""
+    from mnist_rnn.commands.inference import model_of
     from mnist_rnn.run.checkpoints import read_checkpoint
 
-    print(announcement(read_checkpoint(BUNDLED_CKPT)), file=sys.stderr, flush=True)
-    return str(BUNDLED_CKPT)
+    path = Path(ckpt_path or BUNDLED_CKPT)
+    checkpoint = read_checkpoint(path)
+    if not ckpt_path:
+        print(announcement(checkpoint), file=sys.stderr, flush=True)
+    return model_of(checkpoint, path)
 
 
 def load_model(ckpt_path: Optional[Union[str, Path]] = None) -> nn.Module:

@@ -1,7 +1,7 @@
 """`mnist-rnn fit/validate/test/predict`: the LightningCLI that wires the project's pieces together.
 
-Settings come from conf/default.yaml, then `-c FILE`, then flags; a `--ckpt_path` is checked and applied
-before Lightning reads it; every bad input is one line.
+Settings come from conf/default.yaml, then `-c FILE`, then flags; a `--ckpt_path` is read once, checked and
+applied before anything is built, and what was read is what the Trainer loads; every bad input is one line.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import logging
 import os
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, NoReturn, Optional
 
@@ -29,6 +28,7 @@ from mnist_rnn.model.classifier import RecurrentClassifier
 from mnist_rnn.run import checkpoints, hardware, resume, steps_per_execution, trainer_settings
 from mnist_rnn.run import folders as runs
 from mnist_rnn.run.progress import SummaryWithoutFlops, default_progress_bar, fit_report
+from mnist_rnn.run.warning_filters import ignore_known_warnings
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")  # LightningCLI's (commands.py dispatches them here, by the same names)
 
@@ -73,8 +73,10 @@ class SaveFitConfig(SaveConfigCallback):
 
 class MnistRnnCLI(LightningCLI):
     checkpoint: Optional[dict[str, Any]] = None  # the --ckpt_path file's content, checked before anything runs
+    checkpoint_path: Optional[str] = None  # its path, from `last` or the bundled model too
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.subcommand_parsers: dict[str, LightningArgumentParser] = {}  # by name, from add_arguments_to_parser
         try:
             super().__init__(*args, **kwargs)
         except MisconfigurationException as err:  # what trainer_settings does not check, in Lightning's own words
@@ -93,6 +95,7 @@ class MnistRnnCLI(LightningCLI):
                 torch.distributed.destroy_process_group()
 
     def add_arguments_to_parser(self, parser) -> None:
+        self.subcommand_parsers[parser.prog.removeprefix("mnist-rnn ")] = parser  # cli_main's prog for each
         parser.add_argument(
             "--threads",
             type=Optional[int],
@@ -109,8 +112,12 @@ class MnistRnnCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         # Lightning's, without its warning about `args` beside sys.argv: cli_main passes the command line itself.
         self.config = parser.parse_args(args)
-        # Checked before LightningCLI reads the file unchecked (a damaged one: a stack trace); `last` and the bundled model are ours.
+        # The checkpoint read once and checked before anything is built; `last` and the bundled model are ours.
         self.apply_checkpoint()
+        if self.checkpoint_path:
+            # LightningCLI's next step (lightning 2.6.6's _parse_ckpt_path) reads the file again, unchecked, for the model
+            # settings apply_checkpoint applied: it finds no path, which before_instantiate_classes puts back.
+            self.config[self.config.subcommand].ckpt_path = None
 
     def apply_checkpoint(self) -> None:
         """Name fit's run; resolve `--ckpt_path last`, check the checkpoint, and apply its settings.
@@ -144,14 +151,17 @@ class MnistRnnCLI(LightningCLI):
         # `last` must find this config's own run: its length must match too. An explicit checkpoint
         # may go on for longer (a schedule built for another length is refused by resume.py).
         checked = dict(saved, trainer=resume.saved_schedule(path) if found_by_last and subcommand == "fit" else {})
-        defaults = self.parser.parse_args([subcommand])[subcommand]  # what the command would be without its own settings
+        defaults = self.subcommand_parsers[subcommand].get_defaults()  # the command without its own settings
         conflict = checkpoints.contradiction(config, defaults, checked)
         if conflict is not None:
             raise resume.mismatch_error(path, found_by_last, *conflict)
         self.config = self.parser.parse_object({subcommand: saved}, self.config)
+        self.checkpoint_path = config.ckpt_path
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        if self.checkpoint_path:
+            config.ckpt_path = self.checkpoint_path
         if self.subcommand == "fit":
             steps_per_execution.check_settings(config.model.steps_per_execution, config.trainer.gradient_clip_val)
         trainer_settings.check(config.trainer, self.subcommand)
@@ -184,7 +194,10 @@ class MnistRnnCLI(LightningCLI):
     def after_instantiate_classes(self) -> None:
         super().after_instantiate_classes()
         if self.checkpoint is not None:
-            checkpoints.check_fits(self.model, self.checkpoint, self.config[self.subcommand].ckpt_path)
+            checkpoints.check_fits(self.model, self.checkpoint, self.checkpoint_path)
+            checkpoint_io = self.trainer.strategy.checkpoint_io  # the config's plugin: SafeCheckpointIO unless replaced
+            if isinstance(checkpoint_io, checkpoints.SafeCheckpointIO):
+                checkpoint_io.hand_over(self.checkpoint_path, self.checkpoint)  # the Trainer loads what was read
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         # The project's progress display, unless the config brings a progress bar or turns it off.
@@ -260,10 +273,7 @@ def check_config(path: str) -> str:
 
 def cli_main(args: Optional[list[str]] = None, callbacks: tuple[Callback, ...] = ()) -> MnistRnnCLI:
     """`callbacks`: added to the Trainer but not to the run's config.yaml (LightningCLI's trainer_defaults)."""
-    # A deprecation inside Lightning itself, not in this project.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    # A fit that ends before its first validation: progress.fit_report says so in its own line.
-    warnings.filterwarnings("ignore", message=r".*ModelCheckpoint\(monitor=.*could not find the monitored key.*")
+    ignore_known_warnings()  # Lightning's warnings that say nothing about a run of this project
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(drop_tips)
     hardware.skip_gpu_probe_without_gpu()
     return MnistRnnCLI(

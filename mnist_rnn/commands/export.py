@@ -23,7 +23,7 @@ from torch import nn
 
 from mnist_rnn.commands import bundled
 from mnist_rnn.commands.dispatch import CHECK_IMAGES  # the option and its range come from the command line
-from mnist_rnn.commands.inference import LoadedModel, PixelsToLogits, answer, load_model
+from mnist_rnn.commands.inference import LoadedModel, PixelsToLogits, answer
 from mnist_rnn.data.mnist_files import load_split
 from mnist_rnn.errors import ConfigError, ExportError
 from mnist_rnn.model.network import IMAGE_SIDE
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> None:
     pt2_file = Path(args.pt2).expanduser() if args.pt2 else None
     for target in filter(None, [onnx_file, pt2_file]):
         check_target(target, args.overwrite)
-    loaded = load_model(bundled.resolve(args.ckpt_path))
+    loaded = bundled.command_model(args.ckpt_path)
     images, labels = load_split("test")
     images, labels = images[: args.check_images], labels[: args.check_images]
     # The checkpoint's answers as `mnist-rnn predict` computes them (data.normalize, predict_step).

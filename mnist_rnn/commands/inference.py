@@ -107,8 +107,11 @@ def step_view(settings: dict[str, Any]) -> StepView:
 
 def load_model(path: Union[str, Path]) -> LoadedModel:
     """The checkpoint's model, in eval mode, or a CheckpointError that says what is wrong with the file."""
-    path = Path(path)
-    checkpoint = checkpoints.read_checkpoint(path)
+    return model_of(checkpoints.read_checkpoint(path), Path(path))
+
+
+def model_of(checkpoint: dict[str, Any], path: Path) -> LoadedModel:
+    """The model of a checkpoint read from path already (`checkpoints.read_checkpoint`), in eval mode."""
     saved = checkpoints.saved_settings(checkpoint, path, RecurrentClassifier, checkpoints.PREPROCESSING)
     settings = saved["model"]
     model = RecurrentClassifier(**settings)

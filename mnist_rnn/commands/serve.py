@@ -26,7 +26,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 
 from mnist_rnn.commands import bundled
-from mnist_rnn.commands.inference import LoadedModel, answer, load_model
+from mnist_rnn.commands.inference import LoadedModel, answer
 from mnist_rnn.data.images import read_digit
 from mnist_rnn.errors import ConfigError, PredictInputError, ServeError
 from mnist_rnn.run.hardware import cores
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port must lie in 0..65535, got {args.port}")
     if not 0 < args.max_upload_mb < float("inf"):
         raise ConfigError(f"--max_upload_mb must be positive and finite, got {args.max_upload_mb}")
-    loaded = load_model(bundled.resolve(args.ckpt_path))
+    loaded = bundled.command_model(args.ckpt_path)
     sock = listening_socket(args.host, args.port)
     torch.set_num_threads(1)  # per request; see the module's docstring
     app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 1_000_000))

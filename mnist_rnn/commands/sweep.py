@@ -33,11 +33,16 @@ HEARTBEAT_S, GRACE_S = 5, 30
 SQLITE_TIMEOUT_S = 60  # how long a writer waits for SQLite's lock (a trial writes once per epoch and beat)
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # the shell's status of a process stopped by a signal
-# This module runs the sweep command only (and its spawned workers import it): Optuna is quiet for both.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry helpers
-optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
-RETRY = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)  # its static methods read a trial's retries
+with warnings.catch_warnings():  # Optuna's retry helper is experimental (quiet_optuna quiets the others for the command)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    RETRY = RetryHeartbeatStaleTrialCallback(inherit_intermediate_values=True)  # its static methods read a trial's retries
 AGAIN = "the finished trials are kept; free space, then resume the sweep (--resume)"  # the full-disk line's advice
+
+
+def quiet_optuna() -> None:
+    """Optuna quiet for the sweep command and its spawned workers, where they start (never at import)."""
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeat and retry helpers
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own line per trial
 
 
 @contextlib.contextmanager
@@ -187,6 +192,7 @@ class Sweep:
 
 def worker(spec: Spec, folder: Path, url: str, threads: Optional[int], index: int) -> None:
     """One worker process of --parallel; its error in one line, as the sweep's own."""
+    quiet_optuna()
     try:
         with runs.reporting_full_disk(url.removeprefix("sqlite:///"), then=AGAIN):
             Sweep(spec, folder, url, threads, index).work()
@@ -212,6 +218,7 @@ def run_workers(spec: Spec, folder: Path, url: str, threads: int, n: int) -> lis
 
 
 def run(options) -> None:
+    quiet_optuna()
     need(options.parallel >= 1, f"--parallel must be at least 1, got {options.parallel}")
     spec = load_spec(options.config)
     folder = check_spec(spec)

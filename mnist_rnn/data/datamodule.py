@@ -9,8 +9,6 @@ with torchvision's per-sample pipeline.
 from __future__ import annotations
 
 import os
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -24,12 +22,6 @@ from mnist_rnn.data.mnist_files import find_idx_files, load_split, read_idx
 from mnist_rnn.data.normalization import MNIST_MEAN, MNIST_STD, NO_LABEL, normalize
 from mnist_rnn.errors import ConfigError, DatasetError
 from mnist_rnn.run.steps_per_execution import check_settings
-
-
-# The dataset is in memory: worker processes would only copy it, so Lightning's advice to add some does not apply.
-warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-# Lightning's warning that a mid-epoch resume starts its epoch over: here the datamodule saves the position (ResumableLoader).
-warnings.filterwarnings("ignore", message=r".*ended before the epoch ended and your dataloader is not resumable.*")
 
 
 def check_source(data_dir: Optional[str], download: bool, val_size: int, splits: bool) -> None:

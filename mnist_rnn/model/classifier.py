@@ -23,9 +23,6 @@ from mnist_rnn.run.steps_per_execution import StepsPerExecution
 
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
-# RecurrentClassifier.on_before_batch_transfer is meant to run with the datamodule (which has no such
-# hook): Lightning says so on every fit.
-warnings.filterwarnings("ignore", message=r".*overridden `on_before_batch_transfer` in `LightningModule` but have passed.*")
 
 class RecurrentClassifier(L.LightningModule):
     """Trains `RecurrentNet` (an LSTM or GRU reading an image as a sequence) to classify digits."""

@@ -1,8 +1,9 @@
 """Checkpoint files: written atomically, read without running code, and checked before use.
 
-Every read goes through `read_checkpoint`: the zip archive's CRCs checked, then `weights_only=True` (tensors and
-plain containers, never a pickled object), so a damaged or booby-trapped file is refused in a line naming it, not
-a stack trace or a silently wrong model. Our checkpoints need nothing beyond torch's weights-only allow-list, so none is added.
+Every read goes through `read_checkpoint`: the file read once, the zip archive's CRCs checked, then `weights_only=True`
+(tensors and plain containers, never a pickled object), so a damaged or booby-trapped file is refused in a line naming
+it, not a stack trace or a silently wrong model. Our checkpoints need nothing beyond torch's weights-only allow-list, so
+none is added. A command reads its checkpoint once: what it read is handed to the Trainer (`SafeCheckpointIO.hand_over`).
 """
 
 from __future__ import annotations
@@ -43,21 +44,23 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, Callable, N
         raise CheckpointError(f"checkpoint {path} does not exist; {_FIX}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} is not a file; {_FIX}")
+    try:
+        data = path.read_bytes()  # once: every check below, and the load, see these same bytes
+    except OSError as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({err.strerror or err}); fix its permissions or {_FIX}") from None
     # torch.save writes a zip archive: checking it first tells a truncated or corrupted file from something that
     # never was a checkpoint, and its CRCs catch flipped bits that torch.load itself would read without noticing.
-    with path.open("rb") as file:
-        looks_like_zip = file.read(4) == b"PK\x03\x04"
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
             damaged = archive.testzip()
     except Exception:  # zipfile reports damage as BadZipFile, EOFError, UnicodeDecodeError, struct.error, ...
-        if looks_like_zip:
+        if data.startswith(b"PK\x03\x04"):
             raise CheckpointError(f"checkpoint {path} is truncated or corrupted; {_FIX}") from None
         raise CheckpointError(f"{path} is not a checkpoint (not a torch.save archive); {_FIX}") from None
     if damaged is not None:
         raise CheckpointError(f"checkpoint {path} is corrupted (bad checksum in {damaged}); {_FIX}")
     try:
-        unsafe = get_unsafe_globals_in_checkpoint(str(path))  # what the pickle would call, without calling any
+        unsafe = get_unsafe_globals_in_checkpoint(io.BytesIO(data))  # what the pickle would call, without calling any
     except Exception:  # a zip archive, but not one torch.save wrote
         raise CheckpointError(f"{path} is not a checkpoint (not a torch.save archive); {_FIX}") from None
     if unsafe:
@@ -66,7 +69,7 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, Callable, N
             " so it is refused; use checkpoints written by mnist-rnn"
         )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch reports damage as RuntimeError, UnpicklingError, KeyError, ...
         reason = (str(err).splitlines() or [""])[0]
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(err).__name__}: {reason}); {_FIX}") from None
@@ -136,6 +139,8 @@ class SafeCheckpointIO(TorchCheckpointIO):
     kill at any moment leaves the previous checkpoint or the new one, never a torn file.
     """
 
+    _handed_over: Optional[tuple[Path, dict[str, Any]]] = None
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Union[str, Path], storage_options: Optional[Any] = None) -> None:
         path = Path(path)
         # Serialized first: torch.save writing to a file that fills up raises a RuntimeError from its zip
@@ -155,9 +160,17 @@ class SafeCheckpointIO(TorchCheckpointIO):
                 " Free space or fix the folder's permissions, then resume with --ckpt_path last"
             ) from None
 
+    def hand_over(self, path: Union[str, Path], checkpoint: dict[str, Any]) -> None:
+        """The content of `path`, read and checked by the command already: the next load returns it instead of
+        reading the file again. Once only: any later load reads the file as it is then."""
+        self._handed_over = (Path(path), checkpoint)
+
     def load_checkpoint(
         self, path: Union[str, Path], map_location: Optional[Callable] = lambda storage, loc: storage, weights_only: Optional[bool] = None
     ) -> dict[str, Any]:
+        handed_over, self._handed_over = self._handed_over, None
+        if handed_over is not None and handed_over[0] == Path(path):
+            return handed_over[1]  # read by read_checkpoint, on the CPU as here (the map_location above keeps it there)
         # weights_only is ignored on purpose: `--weights_only false` must not open the door to pickled code.
         return read_checkpoint(path, map_location=map_location)
 

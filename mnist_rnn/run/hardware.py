@@ -9,16 +9,12 @@ import importlib.util
 import os
 import platform
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from mnist_rnn.errors import ConfigError
-
-# Lightning's model summary cannot size bf16 weights; the parameter count it shows is right.
-warnings.filterwarnings("ignore", message=r".*is not supported by the model summary.*")
 
 
 def cpuinfo(field: str) -> Optional[str]:

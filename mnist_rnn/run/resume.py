@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 import shlex
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,11 +25,6 @@ from mnist_rnn.errors import CheckpointError, ConfigError
 from mnist_rnn.run.folders import newest_checkpoint, newest_in, runs_folder, version_of
 
 LAST = "last"
-
-# Evaluating a checkpoint outside its run folder: ModelCheckpoint has nothing to resume there.
-warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
-# A resumed run writes into its own, non-empty checkpoints folder; a new run always gets an empty one.
-warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty.*")
 
 
 def saved_schedule(checkpoint: Path) -> dict[str, Any]:
