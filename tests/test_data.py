@@ -107,10 +107,27 @@ def test_data_dir_with_a_truncated_file(tmp_path):
         dm.setup("test")
 
 
-@pytest.mark.parametrize("kwargs", [{"batch_size": 0}, {"eval_batch_size": -1}, {"std": 0.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"batch_size": 0}, {"eval_batch_size": -1}, {"std": 0.0}, {"mean": 1.5}, {"mean": "median"}, {"max_shift": 9},
+     {"steps_per_execution": 0}],  # fmt: skip
+)
 def test_invalid_data_settings_are_rejected(kwargs):
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match=f"^data.{next(iter(kwargs))} must be "):
         MNISTDataModule(**kwargs)
+
+
+def test_a_refused_data_setting_names_its_range_and_a_loaded_data_module_holds_plain_numbers():
+    # The annotations' types (mnist_rnn/run/ranges.py), which the CLI's parser applies, refuse from Python too.
+    with pytest.raises(ConfigError) as refused:
+        MNISTDataModule(mean=2.0)
+    assert str(refused.value) == "data.mean must be a ClosedUnitInterval (float restricted to be ≥0 and ≤1) or 'auto', got 2.0"
+    # Through jsonargparse (the checkpoint names Lightning's instantiate_module), as plain numbers: see test_model.py.
+    from mnist_rnn.commands.bundled import BUNDLED_CKPT
+
+    dm = MNISTDataModule.load_from_checkpoint(BUNDLED_CKPT)
+    assert dm.hparams.mean == 0.1307 and dm.hparams.batch_size == 128
+    assert all(type(v) in (int, float, str, bool, type(None)) for v in dm.hparams.values()), dm.hparams
 
 
 def test_val_size_out_of_range(tmp_path):

@@ -184,7 +184,11 @@ KINDS = {
         (*FIT, "--data.data_dir", "data"),
         "--data.data_dir data is a file; point it at a folder",
     ),
-    "--data.mean outside [0, 1]": (None, (*FIT, "--data.mean", "2"), "data.mean must lie in [0, 1]"),
+    "--data.mean outside [0, 1]": (
+        None,
+        (*FIT, "--data.mean", "2"),
+        "--data.mean 2 is not valid here: it takes auto, ClosedUnitInterval (options: mnist-rnn fit --help)",
+    ),
     "--data.val_size out of range": (
         None,
         (*FIT, "--data.val_size", "60000"),
@@ -198,7 +202,7 @@ KINDS = {
     "--data.max_shift out of range": (
         None,
         (*FIT, "--data.max_shift", "30"),
-        "data.max_shift must lie in 0..8 pixels, got 30",
+        'Parser key "data.max_shift": Not of type ShiftPixels: 30 does not conform to restriction v>=0 and v<=8',
     ),
     "--max_upload_mb infinite": (
         None,

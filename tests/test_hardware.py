@@ -112,8 +112,8 @@ def test_hardware_a_run_asks_for_that_is_not_there_is_one_line(tmp_path, monkeyp
         assert message.endswith("asks for a GPU, but torch sees no CUDA device on this machine; pass --trainer.accelerator"
                                 " cpu (or auto, which uses a GPU where there is one)"), message  # fmt: skip
     for threads in ("0", "-3"):
-        assert cli_error(capsys, "fit", "-c", TINY, "--threads", threads) == (
-            f"--threads must be at least 1, got {threads}; or leave it out (null picks them from the batch size)"
+        assert cli_error(capsys, "fit", "-c", TINY, "--threads", threads) == (  # its type, Optional[PositiveInt]
+            f"--threads {threads} is not valid here: it takes PositiveInt, null (options: mnist-rnn fit --help)"
         )
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnist_rnn.commands.bundled import BUNDLED_CKPT
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.model.classifier import LSTMClassifier, RecurrentClassifier
+from mnist_rnn.model.classifier import OPTIMIZERS, SCHEDULERS, LSTMClassifier, RecurrentClassifier
 from mnist_rnn.model.network import RecurrentNet
+from mnist_rnn.run.checkpoints import read_checkpoint
 
 
 @pytest.mark.parametrize("batch", [1, 10, 128])
@@ -66,6 +68,13 @@ def test_forget_gate_bias_is_initialised():
         ({"lr": 0.0}, "lr"),
         ({"weight_decay": -1.0}, "weight_decay"),
         ({"warmup_pct": 1.5}, "warmup_pct"),
+        ({"lr": float("nan")}, "lr"),
+        ({"lr": 1e39}, "lr"),  # beyond float32
+        ({"weight_decay": float("inf")}, "weight_decay"),
+        ({"steps_per_execution": 0}, "steps_per_execution"),
+        ({"optimizer": "adamx"}, "optimizer"),
+        ({"cell": "rnn"}, "cell"),
+        ({"sequence": "permuted", "permutation_seed": -1}, "permutation_seed"),
         # The first wrong setting is named even when a later one is of the wrong type (checked one by one).
         ({"hidden_size": 0, "lr": None}, "hidden_size"),
     ],
@@ -73,6 +82,39 @@ def test_forget_gate_bias_is_initialised():
 def test_invalid_hyperparameters_are_rejected(kwargs, culprit):
     with pytest.raises(ConfigError, match=f"model.{culprit}"):
         LSTMClassifier(**kwargs)
+
+
+def test_a_refusal_from_python_names_the_setting_and_its_range():
+    # The annotations' types (mnist_rnn/run/ranges.py), which the CLI's parser applies, refuse from Python too.
+    with pytest.raises(ConfigError) as refused:
+        RecurrentClassifier(hidden_size=0)
+    assert str(refused.value) == "model.hidden_size must be a PositiveInt (int restricted to be >0), got 0"
+    with pytest.raises(ConfigError) as refused:
+        RecurrentClassifier(optimizer="adamx")
+    assert str(refused.value) == "model.optimizer must be one of 'adam', 'adamw', 'sgd', 'rmsprop', got 'adamx'"
+
+
+def test_the_optimizer_and_schedule_choices_are_the_ones_built():
+    hints = typing.get_type_hints(RecurrentClassifier.__init__)
+    assert set(typing.get_args(hints["optimizer"])) == set(OPTIMIZERS)
+    assert set(typing.get_args(hints["scheduler"])) == {"none", *SCHEDULERS}
+
+
+def test_a_model_loaded_from_a_cli_checkpoint_holds_plain_numbers_and_saves_a_readable_checkpoint(tmp_path):
+    # A checkpoint the CLI wrote names Lightning's instantiate_module, which passes the settings through jsonargparse:
+    # its restricted-type numbers must not reach hparams, or a checkpoint saved from the model holds jsonargparse's
+    # classes, which the checked reader refuses as pickled code.
+    import lightning as L
+
+    assert torch.load(BUNDLED_CKPT, weights_only=True)["hyper_parameters"]["_instantiator"].endswith("instantiate_module")
+    model = RecurrentClassifier.load_from_checkpoint(BUNDLED_CKPT)
+    plain = (int, float, str, bool, type(None))
+    assert all(type(v) in plain for v in [*model.hparams.values(), *model.hparams_initial.values()]), model.hparams
+    assert type(model.net.rnn.hidden_size) is int
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "again.ckpt")
+    assert read_checkpoint(tmp_path / "again.ckpt")["hyper_parameters"]["hidden_size"] == 128
 
 
 def test_hyperparameters_are_saved():

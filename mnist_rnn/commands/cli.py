@@ -15,6 +15,7 @@ from typing import Any, NoReturn, Optional
 
 import torch
 import yaml
+from jsonargparse.typing import PositiveInt
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
@@ -98,7 +99,7 @@ class MnistRnnCLI(LightningCLI):
         self.subcommand_parsers[parser.prog.removeprefix("mnist-rnn ")] = parser  # cli_main's prog for each
         parser.add_argument(
             "--threads",
-            type=Optional[int],
+            type=Optional[PositiveInt],
             default=None,
             help="CPU threads for torch; null picks 1 below batch size 32 (overhead-bound), all cores above.",
         )
@@ -166,7 +167,7 @@ class MnistRnnCLI(LightningCLI):
             steps_per_execution.check_settings(config.model.steps_per_execution, config.trainer.gradient_clip_val)
         trainer_settings.check(config.trainer, self.subcommand)
         check_source(config.data.data_dir, config.data.download, config.data.val_size, self.subcommand in ("fit", "validate"))
-        hardware.check_devices(config.trainer.accelerator, config.trainer.devices, config.threads, config.trainer.strategy)
+        hardware.check_devices(config.trainer.accelerator, config.trainer.devices, config.trainer.strategy)
         if config.trainer.precision is None:
             config.trainer.precision = self._precision(config)
         else:

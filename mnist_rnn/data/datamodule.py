@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional, Union
 
 import lightning as L
 import torch
+from jsonargparse.typing import ClosedUnitInterval, PositiveFloat, PositiveInt
 from torch.utils.data import DataLoader
 
 from mnist_rnn.data.batches import EpochShuffle, InMemoryDataset, ResumableLoader, ResumePoint, batch_as_is, shift_images
@@ -21,7 +22,8 @@ from mnist_rnn.data.images import read_digits
 from mnist_rnn.data.mnist_files import find_idx_files, load_split, read_idx
 from mnist_rnn.data.normalization import MNIST_MEAN, MNIST_STD, NO_LABEL, normalize
 from mnist_rnn.errors import ConfigError, DatasetError
-from mnist_rnn.run.steps_per_execution import check_settings
+from mnist_rnn.run import ranges
+from mnist_rnn.run.ranges import ShiftPixels
 
 
 def check_source(data_dir: Optional[str], download: bool, val_size: int, splits: bool) -> None:
@@ -55,15 +57,15 @@ class MNISTDataModule(L.LightningDataModule):
         self,
         data_dir: Optional[str] = None,
         download: bool = False,
-        batch_size: int = 128,
-        eval_batch_size: int = 1000,
+        batch_size: PositiveInt = 128,
+        eval_batch_size: PositiveInt = 1000,
         val_size: int = 5000,
         split_seed: int = 0,
-        mean: Union[float, Literal["auto"]] = "auto",
-        std: Union[float, Literal["auto"]] = "auto",
+        mean: Union[ClosedUnitInterval, Literal["auto"]] = "auto",
+        std: Union[PositiveFloat, Literal["auto"]] = "auto",
         predict_path: Optional[str] = None,
-        max_shift: int = 0,
-        steps_per_execution: int = 1,
+        max_shift: ShiftPixels = 0,
+        steps_per_execution: PositiveInt = 1,
     ) -> None:
         """
         Args:
@@ -80,21 +82,18 @@ class MNISTDataModule(L.LightningDataModule):
             std: Standard deviation of the training pixels in [0, 1], each image is divided by it. auto: as for mean (MNIST's is 0.3081).
             predict_path: What `predict` reads: an image file, a folder of images or a glob pattern (quoted), in any format Pillow reads,
                 any size, colour or grey, dark ink on light paper or the reverse. Default: the official test set.
-            max_shift: Augment training batches by moving each digit up to this many pixels horizontally and vertically (a fresh random
-                shift per image and step). 0: off. Validation, test and predict always see the images as they are.
+            max_shift: Augment training batches by moving each digit up to this many pixels (0..8) horizontally and vertically (a fresh
+                random shift per image and step). 0: off. Validation, test and predict always see the images as they are.
             steps_per_execution: Training batches served per Lightning step, as a list; set by the CLI from model.steps_per_execution (see
                 RecurrentClassifier), which must match.
         """
         super().__init__()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ConfigError(f"batch sizes must be at least 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
-        if mean != "auto" and not 0 <= mean <= 1:
-            raise ConfigError(f"data.mean must lie in [0, 1] (the pixels are scaled to [0, 1]) or be auto, got {mean}")
-        if std != "auto" and not std > 0:
-            raise ConfigError(f"data.std must be positive or auto, got {std}")
-        check_settings(steps_per_execution)
-        if not 0 <= max_shift <= 8:
-            raise ConfigError(f"data.max_shift must lie in 0..8 pixels, got {max_shift}")
+        # The ranges are the annotations' (run/ranges.py), which LightningCLI's parser checks; from Python, this does.
+        ranges.check(MNISTDataModule.__init__, locals(), "data")
+        # Plain numbers before save_hyperparameters reads them (load_from_checkpoint passes jsonargparse's).
+        batch_size, eval_batch_size, mean, std, max_shift, steps_per_execution = ranges.plain(
+            batch_size, eval_batch_size, mean, std, max_shift, steps_per_execution
+        )
         self.save_hyperparameters()
         if data_dir is None and download:
             data_dir = "data"

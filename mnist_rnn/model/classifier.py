@@ -12,16 +12,17 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from jsonargparse.typing import OpenUnitInterval, PositiveInt
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.model.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
+from mnist_rnn.run import ranges
 from mnist_rnn.run.checkpoints import upgraded_key
+from mnist_rnn.run.ranges import FLOAT32_MAX, DropoutRate, NonNegativeFloat32, PositiveFloat32  # noqa: F401 (FLOAT32_MAX: re-exported)
 from mnist_rnn.run.resume import check_schedule_length
 from mnist_rnn.run.steps_per_execution import StepsPerExecution
-
-FLOAT32_MAX = torch.finfo(torch.float32).max
 
 
 class RecurrentClassifier(L.LightningModule):
@@ -29,9 +30,9 @@ class RecurrentClassifier(L.LightningModule):
 
     def __init__(
         self,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        dropout: float = 0.0,
+        hidden_size: PositiveInt = 128,
+        num_layers: PositiveInt = 1,
+        dropout: DropoutRate = 0.0,
         bidirectional: bool = False,
         cell: Literal["lstm", "gru"] = "lstm",
         sequence: Literal["rows", "pixels", "permuted"] = "rows",
@@ -39,11 +40,11 @@ class RecurrentClassifier(L.LightningModule):
         forget_bias: float = 1.0,
         recurrent_init: Literal["default", "orthogonal", "identity"] = "default",
         optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam",
-        lr: float = 3e-3,
-        weight_decay: float = 0.0,
+        lr: PositiveFloat32 = 3e-3,
+        weight_decay: NonNegativeFloat32 = 0.0,
         scheduler: Literal["none", "onecycle", "cosine"] = "onecycle",
-        warmup_pct: float = 0.3,
-        steps_per_execution: int = 1,
+        warmup_pct: OpenUnitInterval = 0.3,
+        steps_per_execution: PositiveInt = 1,
     ) -> None:
         """
         Args:
@@ -77,30 +78,16 @@ class RecurrentClassifier(L.LightningModule):
                 epoch. Not with trainer.gradient_clip_val (Lightning clips only one step per batch).
         """
         super().__init__()
-        # Checked one by one, so that the first wrong setting is named and no later check meets a value of the wrong type.
-        if hidden_size < 1:
-            raise ConfigError(f"model.hidden_size must be at least 1, got {hidden_size}")
-        if num_layers < 1:
-            raise ConfigError(f"model.num_layers must be at least 1, got {num_layers}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout must lie in [0, 1), got {dropout}")
-        if not lr > 0:
-            raise ConfigError(f"model.lr must be positive, got {lr}")
-        if not lr <= FLOAT32_MAX:  # the optimizers multiply float32 tensors by it
-            raise ConfigError(f"model.lr must be at most {FLOAT32_MAX:.3g}, got {lr}")
-        if weight_decay < 0:
-            raise ConfigError(f"model.weight_decay must not be negative, got {weight_decay}")
-        if sequence == "permuted" and permutation_seed < 0:
+        # The ranges and choices are the annotations' (run/ranges.py), which LightningCLI's parser checks; from Python and
+        # load_from_checkpoint, this does, one setting at a time, so the first wrong one is named.
+        ranges.check(RecurrentClassifier.__init__, locals(), "model")
+        if sequence == "permuted" and permutation_seed < 0:  # a cross-field check: the seed is used only then
             raise ConfigError(f"model.permutation_seed must not be negative, got {permutation_seed}")
-        if not weight_decay <= FLOAT32_MAX:
-            raise ConfigError(f"model.weight_decay must be at most {FLOAT32_MAX:.3g}, got {weight_decay}")
-        if not 0.0 < warmup_pct < 1.0:
-            raise ConfigError(f"model.warmup_pct must lie in (0, 1), got {warmup_pct}")
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"model.optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-        if scheduler != "none" and scheduler not in SCHEDULERS:
-            raise ConfigError(f"model.scheduler must be none, {' or '.join(SCHEDULERS)}, got {scheduler!r}")
-        self.steps_per_execution = StepsPerExecution(steps_per_execution)  # checks it
+        # Plain numbers before save_hyperparameters reads them (load_from_checkpoint passes jsonargparse's).
+        hidden_size, num_layers, dropout, lr, weight_decay, warmup_pct, steps_per_execution = ranges.plain(
+            hidden_size, num_layers, dropout, lr, weight_decay, warmup_pct, steps_per_execution
+        )
+        self.steps_per_execution = StepsPerExecution(steps_per_execution)
         self.save_hyperparameters()
         # Several optimizer steps per Lightning step need manual optimization (training_step steps).
         self.automatic_optimization = not self.steps_per_execution.several

@@ -9,7 +9,10 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import torch
+from jsonargparse.typing import PositiveInt
 from torch import nn
+
+from mnist_rnn.run.ranges import DropoutRate
 
 NUM_CLASSES = 10
 IMAGE_SIDE = 28
@@ -25,9 +28,9 @@ class RecurrentNet(nn.Module):
 
     def __init__(
         self,
-        hidden_size: int = 128,
-        num_layers: int = 1,
-        dropout: float = 0.0,
+        hidden_size: PositiveInt = 128,
+        num_layers: PositiveInt = 1,
+        dropout: DropoutRate = 0.0,
         bidirectional: bool = False,
         cell: Literal["lstm", "gru"] = "lstm",
         sequence: Literal["rows", "pixels", "permuted"] = "rows",

@@ -25,9 +25,7 @@ PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimize
 
 
 def check_settings(k: int, gradient_clip_val: Optional[float] = None) -> None:
-    """The settings refused before anything is built."""
-    if k < 1:
-        raise ConfigError(f"model.steps_per_execution must be at least 1, got {k}")
+    """The combination refused before anything is built (K itself is at least 1 by its type: run/ranges.py)."""
     if k > 1 and gradient_clip_val:
         raise ConfigError(
             f"model.steps_per_execution {k} cannot be combined with trainer.gradient_clip_val {gradient_clip_val}"
@@ -104,7 +102,6 @@ class StepsPerExecution:
     """The model's side: K optimizer steps per Lightning step, counted as K = 1 counts them."""
 
     def __init__(self, k: int) -> None:
-        check_settings(k)
         self.k = k
         self.plain = False  # a bare backward() and step() where no hook would see them (start())
 
