@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import re
 from pathlib import Path
@@ -50,6 +51,7 @@ def assert_views_logged(run_dir: Path, steps: int, digits: int) -> EventAccumula
         assert tag in acc.Tags()["images"], f"{tag} missing from {acc.Tags()['images']}"
     for tag in TEXT_TAGS:
         assert tag in acc.Tags()["tensors"], f"{tag} missing from {acc.Tags()['tensors']}"
+    assert_pictures(acc)
     assert (run_dir / "projector_config.pbtxt").is_file()
     assert "val/hidden_state" in (run_dir / "projector_config.pbtxt").read_text()
     # At k = T the network has read everything: the same answers as val/acc, at the same step.
@@ -63,6 +65,22 @@ def assert_views_logged(run_dir: Path, steps: int, digits: int) -> EventAccumula
         norms = [v for values in table(text).values() for v in values]
         assert norms and all(math.isfinite(v) and v > 0 for v in norms), norms
     return acc
+
+
+def assert_pictures(acc: EventAccumulator) -> None:
+    """Each view's picture is a real drawing of a readable size, and the validation ones sit at val/acc's steps."""
+    val_steps = [e.step for e in acc.Scalars("val/acc")]
+    for tag in IMAGE_TAGS:
+        pictures = acc.Images(tag)
+        if tag.startswith("val/"):
+            assert [p.step for p in pictures] == val_steps, tag  # one per validation epoch, next to its scalars
+        with Image.open(io.BytesIO(pictures[-1].encoded_image_string)) as picture:
+            assert picture.size == (pictures[-1].width, pictures[-1].height)
+            # Drawn sizes (views/pictures.py): the curves 600x300; the gates 676 (3 maps) to 880 (4) wide,
+            # 20 px plus 126 (hidden 16) to 142 (hidden 128) per digit high: 524 to 588 for 4 digits.
+            assert 600 <= picture.width <= 1000 and 300 <= picture.height <= 1000, (tag, picture.size)
+            colours = picture.convert("RGB").getcolors(maxcolors=1 << 16)
+            assert colours is None or len(colours) > 3, tag  # lines, text and shades drawn, not a blank canvas
 
 
 def assert_embedding(run_dir: Path, points: int) -> None:

@@ -1,8 +1,6 @@
-"""`TensorBoardDashboards`, and the drawing both it and recurrence_views.py use.
+"""`TensorBoardDashboards`, and where the views log: the run's TensorBoard logger and the step of its val/* scalars.
 
-Pictures are drawn with Pillow, already a dependency, not matplotlib: a 10x10 table of counts and
-a few dozen digits take milliseconds. Drawing functions return what `SummaryWriter.add_image`
-takes, a (3, H, W) uint8 tensor."""
+The pictures themselves are drawn in mnist_rnn/views/pictures.py."""
 
 from __future__ import annotations
 
@@ -12,13 +10,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image, ImageDraw, ImageFont
 from torchmetrics.classification import MulticlassConfusionMatrix
-from torchvision.transforms.functional import pil_to_tensor, to_pil_image
-from torchvision.utils import make_grid
 
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.model.network import NUM_CLASSES
+from mnist_rnn.views.pictures import confusion_matrix_image, digit_grid, note_image
 
 
 class TensorBoardDashboards(Callback):
@@ -116,87 +112,3 @@ def tensorboard_logger(trainer: L.Trainer) -> Optional[TensorBoardLogger]:
 def val_step(trainer: L.Trainer) -> int:
     """The step Lightning logs an epoch's val/* scalars at (the last training batch's), for pictures to line up."""
     return max(trainer.global_step - 1, 0)
-
-
-# The drawing.
-
-CELL = 30  # pixels per confusion-matrix cell: room for a four-digit count
-TITLE_HEIGHT = 18
-LABEL_SIZE = 18  # the strip that holds the class digits along each axis
-CORRECT_COLOUR = (31, 119, 180)  # blue: the diagonal
-ERROR_COLOUR = (214, 39, 40)  # red: confusions
-DIGIT_SCALE = 2  # 28x28 digits are shown at 56x56
-CAPTION_HEIGHT = 14
-
-
-def text_font(size: int = 11) -> ImageFont.ImageFont:
-    # Pillow's bundled font at this size where FreeType is available, its bitmap font elsewhere.
-    return ImageFont.load_default(size=size)
-
-
-def centred_text(draw: ImageDraw.ImageDraw, centre: tuple[float, float], text: str, font, fill) -> None:
-    # textbbox rather than anchor=: anchors need FreeType, the bitmap fallback font has none.
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    draw.text((centre[0] - (left + right) / 2, centre[1] - (top + bottom) / 2), text, font=font, fill=fill)
-
-
-def confusion_matrix_image(matrix: torch.Tensor) -> torch.Tensor:
-    """A (classes, classes) count matrix, rows true and columns predicted, as a heat map with counts.
-
-    A cell's shade is its share of the true class (the row), square-rooted so that a confusion
-    of a few percent still shows; the diagonal is blue, confusions red, empty cells blank."""
-    counts = matrix.detach().long().cpu()
-    classes = counts.shape[0]
-    share = (counts.float() / counts.sum(dim=1, keepdim=True).clamp(min=1)).sqrt()
-    left, top = LABEL_SIZE, TITLE_HEIGHT + LABEL_SIZE
-    image = Image.new("RGB", (left + classes * CELL + 2, top + classes * CELL + 2), "white")
-    draw = ImageDraw.Draw(image)
-    font = text_font()
-    centred_text(draw, (image.width / 2, TITLE_HEIGHT / 2), "rows: true class, columns: predicted", font, "black")
-    for k in range(classes):
-        centred_text(draw, (left + (k + 0.5) * CELL, TITLE_HEIGHT + LABEL_SIZE / 2), str(k), font, "black")
-        centred_text(draw, (LABEL_SIZE / 2, top + (k + 0.5) * CELL), str(k), font, "black")
-    for row in range(classes):
-        for col in range(classes):
-            x, y = left + col * CELL, top + row * CELL
-            amount = float(share[row, col])
-            colour = CORRECT_COLOUR if row == col else ERROR_COLOUR
-            fill = tuple(round(255 + (c - 255) * amount) for c in colour)  # white blended towards the colour
-            draw.rectangle((x, y, x + CELL, y + CELL), fill=fill, outline=(210, 210, 210))
-            if counts[row, col]:
-                ink = "white" if amount > 0.6 else "black"
-                centred_text(draw, (x + CELL / 2, y + CELL / 2), str(int(counts[row, col])), font, ink)
-    return pil_to_tensor(image)
-
-
-def note_image(text: str) -> torch.Tensor:
-    """One line of text, for a dashboard that has nothing to show this time."""
-    image = Image.new("RGB", (240, 30), "black")
-    centred_text(ImageDraw.Draw(image), (120, 15), text, text_font(), "white")
-    return pil_to_tensor(image)
-
-
-def unit_range(images: torch.Tensor) -> torch.Tensor:
-    """Each digit stretched to [0, 1]: undoes any affine normalization without knowing its constants."""
-    flat = images.detach().float().flatten(1)
-    low, high = flat.min(dim=1, keepdim=True).values, flat.max(dim=1, keepdim=True).values
-    return ((flat - low) / (high - low).clamp(min=1e-6)).reshape(images.shape)
-
-
-def digit_picture(digit: torch.Tensor, side: int) -> Image.Image:
-    """One (28, 28) digit, in any normalization, as a side x side RGB picture."""
-    pixels = (unit_range(digit[None])[0] * 255).round().to(torch.uint8).cpu()
-    return to_pil_image(pixels).resize((side, side), Image.Resampling.NEAREST).convert("RGB")
-
-
-def digit_grid(images: torch.Tensor, captions: list[str], columns: int = 8) -> torch.Tensor:
-    """Digits (N, 28, 28), in any normalization, in a grid with a caption under each."""
-    side = 28 * DIGIT_SCALE
-    font = text_font()
-    tiles = []
-    for digit, caption in zip(images, captions):
-        tile = Image.new("RGB", (side, side + CAPTION_HEIGHT), "black")
-        tile.paste(digit_picture(digit, side))
-        centred_text(ImageDraw.Draw(tile), (side / 2, side + CAPTION_HEIGHT / 2), caption, font, (255, 215, 0))
-        tiles.append(pil_to_tensor(tile))
-    return make_grid(torch.stack(tiles), nrow=columns, padding=2, pad_value=96)

@@ -1,22 +1,20 @@
-"""`RecurrenceViews`: TensorBoard views of how the network reads, step by step, and their drawing.
+"""`RecurrenceViews`: TensorBoard views of how the network reads, step by step (drawn in pictures.py).
 
 What each view shows and how to read it: docs/dashboards.md. The network is read through its
 public methods and its layers' public weights (mnist_rnn/views/unroll.py)."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from PIL import Image, ImageDraw
-from torchvision.transforms.functional import pil_to_tensor
 
 from mnist_rnn.errors import ConfigError
-from mnist_rnn.views.dashboards import centred_text, digit_picture, tensorboard_logger, text_font, unit_range, val_step
+from mnist_rnn.views.dashboards import tensorboard_logger, val_step
+from mnist_rnn.views.pictures import curve_image, gates_image, unit_range
 from mnist_rnn.views.unroll import gradient_by_step, unroll
 
 MAX_TABLE_ROWS = 28  # a text table longer than this is thinned to every (T / 28)th step
@@ -230,109 +228,3 @@ def _ks_read(steps: int, bidirectional: bool) -> list[int]:
 def _markdown_table(columns: list[str], rows: list[list[str]]) -> str:
     """A right-aligned markdown table, what a TEXT view shows."""
     return "".join("| " + " | ".join(cells) + " |\n" for cells in [columns, ["---:"] * len(columns), *rows])
-
-
-# The drawing.
-
-WIDTH, HEIGHT = 600, 300
-PLOT = (62, 26, WIDTH - 16, HEIGHT - 38)  # the axes' box (left, top, right, bottom): room for the labels around it
-GRID_COLOUR = (225, 225, 225)
-
-
-def _ticks(low: float, high: float, count: int = 6) -> list[float]:
-    raw = (high - low) / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1
-    step = next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step - 1e-9) * step  # round numbers: 10, 20, ... rather than 1, 11, 21
-    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
-
-
-def curve_image(series, title: str, x_label: str, log_y: bool = False) -> torch.Tensor:
-    """Line chart of [(name, colour, xs, ys), ...]: y from 0 to 1, or with log_y the decades that hold the ys."""
-    image = Image.new("RGB", (WIDTH, HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
-    font = text_font()
-    left, top, right, bottom = PLOT
-    xs_all = [x for _, _, xs, _ in series for x in xs]
-    x_low, x_high = min(xs_all), max(max(xs_all), min(xs_all) + 1)
-
-    def y_of(value: float) -> float:
-        return math.log10(value) if log_y else value
-
-    y_low, y_high = 0, 1
-    if log_y:
-        logs = [y_of(y) for _, _, _, ys in series for y in ys if math.isfinite(y) and y > 0]
-        y_low, y_high = (math.floor(min(logs)), math.ceil(max(logs))) if logs else (-1, 0)
-        y_high = max(y_high, y_low + 1)
-    px = lambda x: left + (x - x_low) / (x_high - x_low) * (right - left)  # noqa: E731
-    py = lambda y: bottom - (min(max(y, y_low), y_high) - y_low) / (y_high - y_low) * (bottom - top)  # noqa: E731
-    centred_text(draw, (WIDTH / 2, top / 2), title, font, "black")
-    centred_text(draw, ((left + right) / 2, HEIGHT - 10), x_label, font, "black")
-    for y in _log_ticks(y_low, y_high) if log_y else _ticks(y_low, y_high):
-        draw.line((left, py(y), right, py(y)), fill=GRID_COLOUR)
-        label = f"1e{int(y)}" if log_y else f"{y:g}"
-        centred_text(draw, (left - 24, py(y)), label, font, "black")
-    for x in _ticks(x_low, x_high):
-        x = round(x)
-        draw.line((px(x), bottom, px(x), bottom + 4), fill="black")
-        centred_text(draw, (px(x), bottom + 12), str(x), font, "black")
-    draw.rectangle((left, top, right, bottom), outline="black")
-    for index, (name, colour, xs, ys) in enumerate(series):
-        # A value a log axis cannot show (0: below float64's range) is drawn on the bottom edge.
-        points = [(px(x), py(y_of(y)) if y > 0 or not log_y else bottom) for x, y in zip(xs, ys) if math.isfinite(y)]
-        draw.line(points, fill=colour, width=2)
-        for x, y in points if len(points) < 40 else ():  # dots where there are few points (28 rows)
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        if len(series) > 1:
-            draw.line((right - 110, top + 12 + 14 * index, right - 90, top + 12 + 14 * index), fill=colour, width=2)
-            draw.text((right - 84, top + 5 + 14 * index), name, font=font, fill="black")
-    return pil_to_tensor(image)
-
-
-def _log_ticks(low: float, high: float) -> list[float]:
-    stride = max(1, math.ceil((high - low) / 8))
-    return [float(d) for d in range(int(low), int(high) + 1, stride)]
-
-
-MAX_COLUMNS = 196  # a gate heat map is at most this many pixels wide: 784 steps are averaged in fours
-UNIT_PIXELS = 112  # the height of a heat map, shared among the hidden units
-GATE_LOW, GATE_HIGH = torch.tensor((20.0, 20.0, 60.0)), torch.tensor((255.0, 220.0, 40.0))  # a gate at 0 (closed) and at 1 (open)
-
-
-def gates_image(images, labels, answers, gates: list[dict[str, torch.Tensor]], sequence: str) -> torch.Tensor:
-    """One row per digit: the digit, then a heat map per gate and direction (units down, steps across)."""
-    font = text_font()
-    directions = len(gates)
-    names = list(gates[0])
-    steps, hidden = gates[0][names[0]].shape[1:]
-    step_px = max(1, MAX_COLUMNS // steps)
-    columns = min(steps, MAX_COLUMNS)
-    unit_px = max(1, UNIT_PIXELS // hidden)
-    map_w, map_h = columns * step_px, hidden * unit_px
-    label_h, gap, digit = 14, 8, 56
-    row_h = label_h + max(map_h, digit + 14)
-    canvas = Image.new("RGB", (digit + gap + len(names) * directions * (map_w + gap), 20 + row_h * len(labels)), "white")
-    draw = ImageDraw.Draw(canvas)
-    across = "rows" if sequence == "rows" else f"pixels, {math.ceil(steps / columns)} per column" if steps > columns else "pixels"
-    centred_text(draw, (canvas.width / 2, 9), f"layer-0 gates: units down, steps ({across}) across; dark 0, yellow 1",
-                  font, "black")  # fmt: skip
-    for row, (image, label, answer) in enumerate(zip(images, labels.tolist(), answers.tolist())):
-        y = 20 + row * row_h
-        canvas.paste(digit_picture(image, digit), (0, y + label_h))
-        centred_text(draw, (digit / 2, y + label_h + digit + 7), f"{label}, says {answer}", font, "black")
-        for index, (direction, name) in enumerate(itertools.product(range(directions), names)):
-            x = digit + gap + index * (map_w + gap)
-            values = gates[direction][name][row].float().T.cpu()  # (hidden, steps)
-            if steps > columns:  # average neighbouring steps down to the width
-                values = torch.nn.functional.adaptive_avg_pool1d(values[None], columns)[0]
-            heat = _heat(values).resize((map_w, map_h), Image.Resampling.NEAREST)
-            canvas.paste(heat, (x, y + label_h))
-            arrow = "" if directions == 1 else (" (forward)" if direction == 0 else " (backward)")
-            centred_text(draw, (x + map_w / 2, y + label_h / 2), name + arrow, font, "black")
-    return pil_to_tensor(canvas)
-
-
-def _heat(values: torch.Tensor) -> Image.Image:
-    """(rows, columns) in [0, 1] -> an RGB image blended from GATE_LOW to GATE_HIGH."""
-    rgb = GATE_LOW + (GATE_HIGH - GATE_LOW) * values.clamp(0, 1)[..., None]
-    return Image.fromarray(rgb.round().to(torch.uint8).numpy())
