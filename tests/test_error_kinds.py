@@ -493,6 +493,12 @@ EXISTING = {
     "a sweep file that does not exist": ("test_sweep", "test_a_missing_sweep_file_and_bad_options_are_one_line_errors"),
     "sweep --parallel below 1": ("test_sweep", "test_a_missing_sweep_file_and_bad_options_are_one_line_errors"),
     "a bad sweep file": ("test_sweep", "test_bad_sweep_files_are_refused_before_any_trial"),
+    "sweep --storage without its driver": ("test_sweep_postgres", "test_a_storage_url_without_its_driver_is_one_line_before_anything"),
+    "sweep --storage that is not a database URL": ("test_sweep_postgres", "test_a_bad_storage_url_or_an_unreachable_server_is_one_line"),
+    "sweep --storage whose server cannot be reached": (
+        "test_sweep_postgres",
+        "test_a_bad_storage_url_or_an_unreachable_server_is_one_line",
+    ),
 }
 
 

@@ -19,11 +19,12 @@ from typing import Any, Optional
 
 import optuna
 from lightning.pytorch.callbacks import LambdaCallback
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback, fail_stale_trials
+from optuna.storages import RetryHeartbeatStaleTrialCallback, fail_stale_trials
 from optuna.trial import TrialState
 from optuna_integration import PyTorchLightningPruningCallback
 
 from mnist_rnn.commands.sweep_file import Spec, SweepError, check_spec, flag, load_spec, make_pruner, need
+from mnist_rnn.commands.sweep_storage import one_at_a_time, open_storage, parse
 from mnist_rnn.errors import MnistRnnError, TrainingStopped
 from mnist_rnn.run import folders as runs
 from mnist_rnn.run import hardware, resume
@@ -63,8 +64,8 @@ def settings(params: dict) -> str:
 class Sweep:
     def __init__(self, spec: Spec, folder: Path, url: str, threads: Optional[int], worker: int = 0) -> None:
         self.spec, self.folder, self.threads = spec, folder, threads
-        storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {},
-                             heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=RETRY)
+        storage = open_storage(url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else {},
+                               heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S, heartbeat_stale_trial_callback=RETRY)
         self.study = optuna.create_study(storage=storage, study_name=spec.name, pruner=make_pruner(spec),
                                          direction=spec.direction, load_if_exists=True)  # workers starting together find one study
         # Worker i of a study of k trials: sampler_seed + 1000 k + i (one seed gave parallel workers and resumes the same first settings).
@@ -227,11 +228,13 @@ def run(options) -> None:
          " --resume, or give the sweep file another name: (nothing there is overwritten)" if database.is_file() else
          f"--resume: no sweep to continue in {folder}/; start it without --resume")
     url = options.storage or f"sqlite:///{database.resolve()}"  # absolute: jsonargparse changes folder reading a config
+    parse(url)  # a URL without its driver: refused before anything is made
     folder.mkdir(parents=True, exist_ok=True)
     threads = max(1, hardware.cores() // options.parallel) if options.parallel > 1 else None  # N trials share the cores
     with runs.reporting_full_disk(url.removeprefix("sqlite:///"), then=AGAIN):
-        sweep = Sweep(spec, folder, url, threads)
-        done = sweep.prepare(resume=options.resume)
+        with one_at_a_time(url):  # workers started together: one at a time makes the tables and the study, or joins it
+            sweep = Sweep(spec, folder, url, threads)
+            done = sweep.prepare(resume=options.resume)
         kind = f"{len(spec.seeds)} seeds" if spec.seeds else f"{spec.n_trials} trial(s), {spec.metric} {spec.direction[:3]}"
         print(f"sweep {spec.name}: {kind}; {done} done, {max(spec.n_trials - done, 0)} to run, "
               f"{f'{options.parallel} workers, {threads} thread(s) each' if threads else 'one at a time'};"
