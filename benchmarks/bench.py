@@ -92,6 +92,12 @@ def matmul_gflops(dtype: torch.dtype, n: int, seconds: float) -> float:
     return best
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for a GPU's queued work before a clock is read (its kernels run after the Python that queued them)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepTimer(L.Callback):
     """Two clocks on a fit. Steady state: the wall time of training steps [warmup, warmup + steps),
     start-up, validation and epoch-end work excluded (unless they fall inside the window). Whole
@@ -114,12 +120,14 @@ class StepTimer(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # >=: with model.steps_per_execution K, global_step moves K optimizer steps a batch.
         if self.start is None and trainer.global_step >= self.warmup:
+            synchronize(pl_module.device)
             self.start, self.first_step = time.perf_counter(), trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         batches = batch if isinstance(batch, list) else [batch]  # K batches per Lightning step
         self.epoch_samples[-1] += sum(len(labels) for _, labels in batches)
         if self.seconds is None and self.start is not None and trainer.global_step >= self.warmup + self.steps:
+            synchronize(pl_module.device)
             self.seconds = time.perf_counter() - self.start
             self.timed_steps = trainer.global_step - self.first_step  # may pass `steps` by up to K - 1
 
@@ -157,25 +165,28 @@ def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[
 
 
 def _step_loop(batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], hidden: int, warmup: int, steps: int,
-               bf16: bool = False, fused: bool = False) -> float:
-    """Seconds for `steps` plain PyTorch training steps after `warmup` steps. With bf16, the one
-    line a user adds: the forward pass under torch.autocast."""
+               bf16: bool = False, fused: bool = False, device: str | torch.device = "cpu") -> float:
+    """Seconds for `steps` plain PyTorch training steps after `warmup` steps on `device` (cuDNN on a GPU).
+    With bf16, the one line a user adds: the forward pass under torch.autocast."""
     torch.manual_seed(0)
-    rnn, head = nn.LSTM(28, hidden, batch_first=True), nn.Linear(hidden, 10)
+    device = torch.device(device)
+    rnn, head = nn.LSTM(28, hidden, batch_first=True).to(device), nn.Linear(hidden, 10).to(device)
     params = [*rnn.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3, fused=fused)
     start = 0.0
     for i in range(warmup + steps):
         if i == warmup:
+            synchronize(device)
             start = time.perf_counter()
         images, labels = batches()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             _, (h_n, _) = rnn(images)
             logits = head(h_n[-1])
         loss = nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    synchronize(device)
     return time.perf_counter() - start
 
 
@@ -198,14 +209,15 @@ def handwritten_reference(case: dict, warmup: int, steps: int, raw_root: Path, b
 
 
 def bare_in_memory(case: dict, warmup: int, steps: int, images: torch.Tensor, labels: torch.Tensor, bf16: bool) -> float:
-    """samples/s of the same math with no framework: random batches sliced from memory, fused Adam."""
+    """samples/s of the same math with no framework: random batches sliced from memory, fused Adam,
+    on the device that holds `images` (benchmarks/gpu_check.py hands it the GPU's copy)."""
     generator = torch.Generator().manual_seed(0)
 
     def batches():
-        index = torch.randint(0, len(labels), (case["batch"],), generator=generator)
+        index = torch.randint(0, len(labels), (case["batch"],), generator=generator).to(images.device)
         return images[index], labels[index]
 
-    return steps * case["batch"] / _step_loop(batches, case["hidden"], warmup, steps, bf16=bf16, fused=True)
+    return steps * case["batch"] / _step_loop(batches, case["hidden"], warmup, steps, bf16=bf16, fused=True, device=images.device)
 
 
 def torchvision_layout(root: Path) -> Path:
