@@ -1,7 +1,7 @@
 """The GPU check: `python -m benchmarks.gpu_check --out DIR` (add --smoke for a run of seconds on a CPU).
 
-One call on one CUDA GPU, sized to end within 8 minutes (two budgets of --budget seconds and
-two fits of the bundled configs), that writes under DIR:
+One call on one CUDA GPU, meant to end within 8 minutes (two whole fits of the default and GPU
+configs, two budgets of --budget seconds and short steps; not yet timed on a GPU), that writes under DIR:
   gpu_check.json    every figure (rewritten after each step, so a call cut short keeps what ran)
   gpu_check.txt     the same as a short report
   default-best.ckpt the best checkpoint of the default fit, to test on another machine
@@ -243,7 +243,7 @@ def main(argv: Optional[list[str]] = None) -> dict:
         parser.error(f"--out {out} holds a {JSON} already; name another folder")
     if not args.smoke and not torch.cuda.is_available():
         parser.error("needs a CUDA device, and torch sees none; pass --smoke to check the script on a CPU")
-    budget = args.budget or (SMOKE_BUDGET_S if args.smoke else 120)
+    budget = args.budget if args.budget is not None else SMOKE_BUDGET_S if args.smoke else 120
     if budget < 1:
         parser.error(f"--budget must be at least 1 second, got {budget}")
     out.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,13 @@ def test_without_cuda_only_smoke_runs(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_budget_under_a_second_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_check.main(["--smoke", "--out", str(tmp_path / "out"), "--budget", "0"])
+    assert exit_info.value.code == 2 and "--budget must be at least 1 second, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_earlier_results_are_not_overwritten(tmp_path, capsys):
     (tmp_path / gpu_check.JSON).write_text("keep me")
     with pytest.raises(SystemExit):
