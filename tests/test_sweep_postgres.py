@@ -270,10 +270,11 @@ def test_a_storage_url_without_its_driver_is_one_line_before_anything(tmp_path, 
         ("postgres://me:secret@dbhost/db",
          "--storage postgres://me:***@dbhost/db: Can't load plugin: sqlalchemy.dialects:postgres; give an SQLAlchemy database URL"),
         ("dbhost/db", "--storage is not a database URL; give an SQLAlchemy database URL such as postgresql://USER:PASSWORD@HOST/DATABASE"),
-        (f"postgresql://me:secret@127.0.0.1:{free_port()}/db", "cannot connect (connection failed: connection to server at"),
+        ("postgresql://me:secret@127.0.0.1:{free_port}/db", "cannot connect (connection failed: connection to server at"),
     ],
 )  # fmt: skip
 def test_a_bad_storage_url_or_an_unreachable_server_is_one_line(tmp_path, url, words):
+    url = url.format(free_port=free_port())  # chosen when the test runs: every xdist worker must collect the same ids
     sweep = write_sweep(tmp_path, "badurl", overrides=QUICK, seeds=1)
     line = one_line(*run_main("sweep", "-c", str(sweep), "--storage", url, cwd=tmp_path)[::2])
     assert words in line and "secret" not in line, line
