@@ -372,8 +372,8 @@ def test_a_sweep_file_whose_keys_mix_numbers_and_names_is_refused_in_one_line(tm
 def test_a_missing_sweep_file_and_bad_options_are_one_line_errors(tmp_path):
     for args, culprit in [
         (["-c", "nowhere.yaml"], "sweep file nowhere.yaml not found"),
-        (["-c", TINY, "--parallel", "0"], "--parallel must be at least 1"),
-        (["--resume"], "-c/--config"),
+        (["-c", TINY, "--parallel", "0"], "--parallel 0 is not valid here: it takes an integer from 1 up"),
+        (["--resume"], "--config is required"),
     ]:
         status, _, err = run_main("sweep", *args, cwd=tmp_path)
         lines = err.strip().splitlines()
