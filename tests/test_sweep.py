@@ -336,8 +336,8 @@ def test_a_full_disk_under_the_results_or_the_study_is_one_line(tmp_path, monkey
         ({"search": {"n_trials": 2, "params": {"model.lr": {"low": 0.01, "high": 0.001}}}}, "model.lr is an empty range (low 0.01 >= high 0.001)"),
         ({"search": {"n_trials": 2, "params": {"model.hidden_size": {"low": 16, "high": 16}}}}, "empty range"),
         ({"search": {"n_trials": 2, "params": {"data.batch_size": {"choices": []}}}}, "data.batch_size.choices is empty"),
-        ({"search": {"n_trials": 2, "metric": "val/f1", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric val/f1 is not logged during fit"),
-        ({"search": {"n_trials": 2, "metric": "test/acc", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric test/acc is not logged during fit"),
+        ({"search": {"n_trials": 2, "metric": "val/f1", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric val/f1 is not valid here: it takes val/acc_best, val/acc"),
+        ({"search": {"n_trials": 2, "metric": "test/acc", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric test/acc is not valid here"),
         ({"base": "no_such_config.yaml", "seeds": 2}, "base config no_such_config.yaml does not exist"),
         ({"seeds": 2, "overrides": {"model": {"hidden_sise": 8}}}, "hidden_sise"),
         ({"search": {"n_trials": 2, "params": {"model.hidden_size": {"low": 0.5, "high": 8.5}}}}, "model.hidden_size"),
@@ -345,6 +345,24 @@ def test_a_full_disk_under_the_results_or_the_study_is_one_line(tmp_path, monkey
         ({"seeds": 2, "search": {"n_trials": 2, "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "give seeds: or search:, not both"),
         ({"seeds": 2, "overrides": {"trainer": {"devices": 2}}}, "trainer.devices 2 / num_nodes 1: a trial runs in its worker's process"),
         ({}, "give seeds:"),
+        # Refused by the sweep file's types (sweep_file.SweepFile, Search, Rule), each key named with what it takes.
+        ({"seeds": 0}, "seeds 0 is not valid here: it takes a count in 1..10000"),
+        ({"seeds": [1, "x"]}, "seeds [1, 'x'] is not valid here"),
+        ({"name": "a b", "seeds": 2}, "name a b is not valid here: it takes a plain folder name"),
+        ({"seeds": 2, "overrides": 3}, "overrides 3 is not valid here: it takes a mapping"),
+        ({"search": {"n_trials": 0, "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.n_trials 0 is not valid here"),
+        ({"search": {"params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.n_trials is required"),
+        ({"search": {"n_trials": 2, "direction": "up", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}},
+         "search.direction up is not valid here: it takes maximize, minimize"),
+        ({"search": {"n_trials": 2, "sampler": "grid", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}},
+         "search.sampler grid is not valid here: it takes tpe, random"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": {"low": "small", "high": 0.01}}}},
+         "search.params.model.lr.low small is not valid here"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": {"low": 0.001, "high": 0.01, "log": "maybe"}}}},
+         "search.params.model.lr.log maybe is not valid here: it takes true or false"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": {"low": 0.001, "hihg": 0.01}}}},
+         "unknown key search.params.model.lr.hihg; the keys are type, low, high, step, log, choices"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": 0.01}}}, "search.params.model.lr must be a mapping of type, low, high"),
     ],
 )
 def test_bad_sweep_files_are_refused_before_any_trial(tmp_path, content, culprit):
@@ -390,6 +408,10 @@ def test_packaged_sweep_files_are_valid(tmp_path):
     assert set(search.params) == {"model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct"}
     for spec in (seeds, search):
         check_spec(spec)
+    # Read again after fit's parser ran (check_spec): 64..192 is still an int range. Typed Union[int, float], a bound
+    # was then read as 64.0 (jsonargparse tried float first), and the range became a float one.
+    assert load_spec("sweeps/search.yaml").params["model.hidden_size"] == ("int", {"low": 64, "high": 192, "step": 32, "log": False})
+    assert type(load_spec("sweeps/search.yaml").params["model.hidden_size"][1]["low"]) is int
 
 
 def test_workers_sharing_a_storage_url_share_one_study(tmp_path):
