@@ -349,7 +349,8 @@ def test_a_full_disk_under_the_results_or_the_study_is_one_line(tmp_path, monkey
         ({"seeds": 0}, "seeds 0 is not valid here: it takes a count in 1..10000"),
         ({"seeds": [1, "x"]}, "seeds [1, 'x'] is not valid here"),
         ({"name": "a b", "seeds": 2}, "name a b is not valid here: it takes a plain folder name"),
-        ({"seeds": 2, "overrides": 3}, "overrides 3 is not valid here: it takes a mapping"),
+        ({"seeds": 2, "overrides": 3}, "overrides must be a mapping of fit settings"),
+        ({"search": {"n_trials": 2, "params": {"data.batch_size": {"choices": 64}}}}, "data.batch_size.choices must be a list of values"),
         ({"search": {"n_trials": 0, "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.n_trials 0 is not valid here"),
         ({"search": {"params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.n_trials is required"),
         ({"search": {"n_trials": 2, "direction": "up", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}},
@@ -412,6 +413,29 @@ def test_packaged_sweep_files_are_valid(tmp_path):
     # was then read as 64.0 (jsonargparse tried float first), and the range became a float one.
     assert load_spec("sweeps/search.yaml").params["model.hidden_size"] == ("int", {"low": 64, "high": 192, "step": 32, "log": False})
     assert type(load_spec("sweeps/search.yaml").params["model.hidden_size"][1]["low"]) is int
+
+
+def test_the_spec_a_study_keeps_has_the_form_sweeps_stored_before(tmp_path):
+    """A study keeps the sweep's spec and compares it on --resume: the typed sweep file (issue 30) gives the dict the
+    hand-checked one gave (checked against it for these files and the packaged ones), so older sweeps resume."""
+    from mnist_rnn.commands.sweep_file import load_spec
+
+    params = {"model.lr": {"low": 0.001, "high": 0.01, "log": True}, "data.batch_size": {"choices": [32, 64]}}
+    stored = load_spec(str(write_sweep(tmp_path, "form", search={"n_trials": 2, "params": params}))).as_dict()
+    assert stored == {
+        "base": [Path(TINY).read_text()], "overrides": {}, "seeds": None, "n_trials": 2, "metric": "val/acc_best",
+        "params": {"model.lr": ["float", {"low": 0.001, "high": 0.01, "step": None, "log": True}],
+                   "data.batch_size": ["categorical", {"choices": [32, 64]}]},
+        "direction": "maximize", "sampler": "tpe", "sampler_seed": None, "pruner": "median",
+    }  # fmt: skip
+    seeds = load_spec(str(write_sweep(tmp_path, "seeds", seeds=2))).as_dict()
+    assert seeds == {**stored, "seeds": [1, 2], "params": {}}
+    # Fit settings stay as written, for the fit parser: jsonargparse read this callback's interval as a timedelta
+    # when overrides went through it (typed Any), which the trial's YAML could not write.
+    callback = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"train_time_interval": "0:00:00.2"}}
+    overrides = {"trainer": {"callbacks+": [callback]}}
+    spec = load_spec(str(write_sweep(tmp_path, "callbacks", seeds=1, overrides=overrides)))
+    assert spec.overrides == overrides and "train_time_interval: '0:00:00.2'" in spec.fit_args()[-1]
 
 
 def test_workers_sharing_a_storage_url_share_one_study(tmp_path):

@@ -44,7 +44,7 @@ class Rule:
         high: the range's highest value
         step: Optuna's step between values (int: 1)
         log: draw log-uniformly (Optuna's log)
-        choices: the values of a categorical option
+        choices: the values of a categorical option (as written: the fit parser checks them)
     """
 
     type: Optional[Literal["float", "int", "categorical"]] = None
@@ -85,7 +85,7 @@ class SweepFile:
     Args:
         name: the sweep's name and folder, runs/<name>/ (default: the file's name)
         base: a fit config's name, or a list of them (default: conf/default.yaml alone)
-        overrides: fit settings on top, written as in a fit config
+        overrides: fit settings on top, written as in a fit config (as written: the fit parser checks them)
         seeds: a seed sweep: a list of seeds, or a count N meaning 1..N
         search: a search instead of seeds
     """
@@ -136,18 +136,19 @@ def about(path: Path):  # every refusal inside names the sweep file first
         raise SweepError(f"{path}: {' '.join(str(err).split())}") from None
 
 
-def typed(cls: type, raw: Any, at: str, nested: str = "") -> Any:
+def typed(cls: type, raw: Any, at: str, kept: tuple[str, ...] = ()) -> Any:
     """raw, a mapping read from the sweep file, as a cls: jsonargparse checks each key against its field's type. The
-    nested field is left as read, to be parsed on its own (a refusal in it names its own key)."""
+    kept fields are left as read: a section parsed on its own (a refusal in it names its own key), or fit settings,
+    which the fit parser checks (check_spec; jsonargparse would read a class_path in an Any value as a class's)."""
     hints = typing.get_type_hints(cls)
     need(isinstance(raw, dict), f"{at.rstrip('.')} must be a mapping of {', '.join(hints)}")
     parser = OneLineParser(exit_on_error=False)
-    parser.add_class_arguments(cls, skip={nested} - {""})
+    parser.add_class_arguments(cls, skip=set(kept))
     try:
-        config = parser.parse_object({key: value for key, value in raw.items() if key != nested})
+        config = parser.parse_object({key: value for key, value in raw.items() if key not in kept})
     except ArgumentError as err:
         raise SweepError(one_line(str(err), hints, at)) from None
-    return cls(**plain(config.as_dict()), **({nested: raw[nested]} if nested in raw else {}))
+    return cls(**plain(config.as_dict()), **{key: raw[key] for key in kept if key in raw})
 
 
 def find_config(name: str, near: Optional[Path] = None) -> Optional[Path]:  # as given, next to `near`, or packaged (as fit -c)
@@ -165,12 +166,12 @@ def load_spec(given: str) -> Spec:
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             raise SweepError(f"cannot be read as YAML ({err})") from None
         need(isinstance(raw, dict), "must be a YAML mapping with base/overrides and seeds or search")
-        sweep = typed(SweepFile, {**raw, "name": raw.get("name") or path.stem}, "", nested="search")
+        sweep = typed(SweepFile, {**raw, "name": raw.get("name") or path.stem}, "", kept=("overrides", "search"))
         names = [sweep.base] if isinstance(sweep.base, str) else sweep.base
         base = [find_config(name, near=path.parent) for name in names]
         for name, found in zip(names, base):
             need(found, f"base config {name} does not exist; name a fit config such as default.yaml or conf/tiny.yaml")
-        need(all(isinstance(sweep.overrides[k], dict) for k in GROUPS & set(sweep.overrides)),
+        need(isinstance(sweep.overrides, dict) and all(isinstance(sweep.overrides[k], dict) for k in GROUPS & set(sweep.overrides)),
              "overrides must be a mapping of fit settings, written as in a fit config (trainer, model and data are mappings)")
         need(sweep.seeds is not None or sweep.search is not None, "give seeds: (a list, or a count) or search: (params and n_trials)")
         need(sweep.seeds is None or sweep.search is None, "give seeds: or search:, not both; search, then run the best settings over seeds")
@@ -180,12 +181,12 @@ def load_spec(given: str) -> Spec:
             need(seeds, "seeds is an empty list; list at least one seed, or give a count")
             need(len(set(seeds)) == len(seeds), f"seeds repeat a value: {seeds}")
             return Spec(**common, seeds=seeds, params={}, n_trials=len(seeds))
-        search = typed(Search, sweep.search, "search.", nested="params")
+        search = typed(Search, sweep.search, "search.", kept=("params",))
         spec = Spec(**common, seeds=None, **{**vars(search), "params": {}})
         make_pruner(spec)  # checked now; each worker builds its own
         need(isinstance(search.params, dict) and search.params, "search.params must map option names (like model.lr) to ranges or choices")
         for name, rule in search.params.items():
-            spec.params[str(name)] = distribution(f"search.params.{name}", typed(Rule, rule, f"search.params.{name}."))
+            spec.params[str(name)] = distribution(f"search.params.{name}", typed(Rule, rule, f"search.params.{name}.", ("choices",)))
     return spec
 
 
@@ -193,6 +194,7 @@ def distribution(at: str, rule: Rule) -> tuple[str, dict]:
     low, high, choices = rule.low, rule.high, rule.choices
     kind = rule.type or ("categorical" if choices is not None else "int" if type(low) is type(high) is int else "float")
     if kind == "categorical":
+        need(isinstance(choices, list), f"{at}.choices must be a list of values, got {choices!r}")
         need(choices, f"{at}.choices is empty; list at least one value")
         return kind, {"choices": choices}
     need(low is not None and high is not None, f"{at} needs low and high (numbers), or choices")
