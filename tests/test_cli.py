@@ -1,4 +1,6 @@
+import ast
 import contextlib
+import inspect
 import io
 import subprocess
 import sys
@@ -14,7 +16,7 @@ from mnist_rnn.commands.cli import cli_main, config_file
 from mnist_rnn.data.mnist_files import load_split
 from mnist_rnn.data.normalization import normalize
 from mnist_rnn.model.classifier import LSTMClassifier
-from tests.conftest import TINY, cli_error, run_cli
+from tests.conftest import REPO, TINY, cli_error, run_cli
 
 
 def test_fit_leaves_checkpoints_config_and_events(tiny_run):
@@ -236,6 +238,52 @@ def test_help_of_the_command_and_of_its_own_subcommands_needs_no_torch(command):
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("[]"), run.stdout
     assert "usage: mnist-rnn" in run.stdout
+
+
+def test_the_package_parses_options_with_jsonargparse_only():
+    """One option system (issue 30): serve, export, sweep and make_bundled are typed functions parsed by jsonargparse,
+    as fit is; no module of the package imports argparse itself."""
+    importing = []
+    for path in sorted((REPO / "mnist_rnn").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            importing += [f"{path.relative_to(REPO)}: {name}" for name in names if name.split(".")[0] == "argparse"]
+    assert importing == []
+
+
+def test_own_commands_help_comes_from_their_signatures_and_docstrings(capsys):
+    from mnist_rnn.commands.own_commands import COMMANDS
+
+    for name, command in COMMANDS.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        out = " ".join(capsys.readouterr().out.split())
+        assert inspect.getdoc(command).splitlines()[0] in out
+        for parameter in inspect.signature(command).parameters:
+            assert f"--{parameter}" in out, (name, parameter)
+    assert "-c CONFIG, --config CONFIG the sweep file" in out  # the one short alias
+    main(["--help"])
+    assert "sweep     One fit config over seeds, or an Optuna search" in capsys.readouterr().out
+
+
+def test_own_commands_flags_take_no_value(capsys):
+    # --overwrite and --resume are flags, as they were with argparse's store_true (jsonargparse's bools take a value).
+    from mnist_rnn.commands.options import command_parser
+    from mnist_rnn.commands.own_commands import ALIASES, COMMANDS
+
+    export = command_parser(COMMANDS["export"], "mnist-rnn export")
+    assert export.parse_args(["--output", "m.onnx", "--overwrite"]).overwrite is True
+    assert export.parse_args(["--output", "m.onnx"]).overwrite is False
+    with pytest.raises(SystemExit) as exit_info:
+        export.parse_args(["--output", "m.onnx", "--overwrite", "true"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("mnist-rnn: error: unrecognized arguments: true (options: mnist-rnn export --help)")
+    sweep = command_parser(COMMANDS["sweep"], "mnist-rnn sweep", ALIASES["sweep"])
+    assert sweep.parse_args(["-c", "s.yaml", "--resume"]).as_dict() == {"config": "s.yaml", "resume": True, "parallel": 1, "storage": None}
 
 
 def test_the_commands_dispatched_to_lightningcli_are_its_subcommands():

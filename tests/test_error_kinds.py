@@ -207,7 +207,7 @@ KINDS = {
     "--max_upload_mb infinite": (
         None,
         ("serve", "--ckpt_path", "x", "--max_upload_mb", "inf"),
-        "--max_upload_mb must be positive and finite, got inf",
+        "--max_upload_mb inf is not valid here: it takes a finite number above 0",
     ),
     "sweep file that is not text": (
         _file("bin.yaml", b"\x00\xff\xfe"),

@@ -73,11 +73,11 @@ def test_existing_files_are_never_replaced_without_overwrite(trained_ckpt, tmp_p
 
 def test_bad_export_settings_are_one_line_errors(trained_ckpt, tmp_path, capsys):
     assert "checkpoint nope.ckpt does not exist" in cli_error(capsys, "export", "--ckpt_path", "nope.ckpt", "--output", "m.onnx")
-    assert "--check_images must lie in 1..10000" in cli_error(
+    assert "--check_images 0 is not valid here: it takes an integer in 1..10000" in cli_error(
         capsys, "export", "--ckpt_path", str(trained_ckpt), "--output", "m.onnx", "--check_images", "0"
     )
     assert "is a folder" in cli_error(capsys, "export", "--ckpt_path", str(trained_ckpt), "--output", str(tmp_path))
-    assert "required: --output" in cli_error(capsys, "export", "--ckpt_path", str(trained_ckpt))
+    assert "--output is required" in cli_error(capsys, "export", "--ckpt_path", str(trained_ckpt))
 
 
 @pytest.mark.parametrize("sequence", ["rows", "pixels", "permuted"])

@@ -305,8 +305,14 @@ def test_bad_start_settings_are_one_line_errors(capsys, tmp_path, trained_ckpt):
     message = cli_error(capsys, "serve", "--ckpt_path", str(trained_ckpt), "--host", "192.0.2.1")  # TEST-NET-1
     assert message == "--host 192.0.2.1 is not an address of this machine; use 127.0.0.1, or 0.0.0.0 for every interface"
     assert "checkpoint nope.ckpt does not exist" in cli_error(capsys, "serve", "--ckpt_path", "nope.ckpt")
-    assert "--port must lie in 0..65535" in cli_error(capsys, "serve", "--ckpt_path", "x", "--port", "70000")
-    assert "--max_upload_mb must be positive" in cli_error(capsys, "serve", "--ckpt_path", "x", "--max_upload_mb", "0")
+    # The options' types refuse these before anything is imported or loaded (own_commands.serve).
+    assert cli_error(capsys, "serve", "--ckpt_path", "x", "--port", "70000") == (
+        "--port 70000 is not valid here: it takes an integer in 0..65535 (options: mnist-rnn serve --help)"
+    )
+    assert "--port x is not valid here" in cli_error(capsys, "serve", "--port", "x")
+    assert "--max_upload_mb 0 is not valid here: it takes a finite number above 0" in cli_error(
+        capsys, "serve", "--ckpt_path", "x", "--max_upload_mb", "0"
+    )
     assert "expected one argument" in cli_error(capsys, "serve", "--ckpt_path")  # (without it: the bundled model)
     assert "unrecognized arguments: --bogus" in cli_error(capsys, "serve", "--ckpt_path", "x", "--bogus")
 

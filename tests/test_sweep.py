@@ -336,8 +336,8 @@ def test_a_full_disk_under_the_results_or_the_study_is_one_line(tmp_path, monkey
         ({"search": {"n_trials": 2, "params": {"model.lr": {"low": 0.01, "high": 0.001}}}}, "model.lr is an empty range (low 0.01 >= high 0.001)"),
         ({"search": {"n_trials": 2, "params": {"model.hidden_size": {"low": 16, "high": 16}}}}, "empty range"),
         ({"search": {"n_trials": 2, "params": {"data.batch_size": {"choices": []}}}}, "data.batch_size.choices is empty"),
-        ({"search": {"n_trials": 2, "metric": "val/f1", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric val/f1 is not logged during fit"),
-        ({"search": {"n_trials": 2, "metric": "test/acc", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric test/acc is not logged during fit"),
+        ({"search": {"n_trials": 2, "metric": "val/f1", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric val/f1 is not valid here: it takes val/acc_best, val/acc"),
+        ({"search": {"n_trials": 2, "metric": "test/acc", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.metric test/acc is not valid here"),
         ({"base": "no_such_config.yaml", "seeds": 2}, "base config no_such_config.yaml does not exist"),
         ({"seeds": 2, "overrides": {"model": {"hidden_sise": 8}}}, "hidden_sise"),
         ({"search": {"n_trials": 2, "params": {"model.hidden_size": {"low": 0.5, "high": 8.5}}}}, "model.hidden_size"),
@@ -345,6 +345,25 @@ def test_a_full_disk_under_the_results_or_the_study_is_one_line(tmp_path, monkey
         ({"seeds": 2, "search": {"n_trials": 2, "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "give seeds: or search:, not both"),
         ({"seeds": 2, "overrides": {"trainer": {"devices": 2}}}, "trainer.devices 2 / num_nodes 1: a trial runs in its worker's process"),
         ({}, "give seeds:"),
+        # Refused by the sweep file's types (sweep_file.SweepFile, Search, Rule), each key named with what it takes.
+        ({"seeds": 0}, "seeds 0 is not valid here: it takes a count in 1..10000"),
+        ({"seeds": [1, "x"]}, "seeds [1, 'x'] is not valid here"),
+        ({"name": "a b", "seeds": 2}, "name a b is not valid here: it takes a plain folder name"),
+        ({"seeds": 2, "overrides": 3}, "overrides must be a mapping of fit settings"),
+        ({"search": {"n_trials": 2, "params": {"data.batch_size": {"choices": 64}}}}, "data.batch_size.choices must be a list of values"),
+        ({"search": {"n_trials": 0, "params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.n_trials 0 is not valid here"),
+        ({"search": {"params": {"model.lr": {"low": 0.001, "high": 0.01}}}}, "search.n_trials is required"),
+        ({"search": {"n_trials": 2, "direction": "up", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}},
+         "search.direction up is not valid here: it takes maximize, minimize"),
+        ({"search": {"n_trials": 2, "sampler": "grid", "params": {"model.lr": {"low": 0.001, "high": 0.01}}}},
+         "search.sampler grid is not valid here: it takes tpe, random"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": {"low": "small", "high": 0.01}}}},
+         "search.params.model.lr.low small is not valid here"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": {"low": 0.001, "high": 0.01, "log": "maybe"}}}},
+         "search.params.model.lr.log maybe is not valid here: it takes true or false"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": {"low": 0.001, "hihg": 0.01}}}},
+         "unknown key search.params.model.lr.hihg; the keys are type, low, high, step, log, choices"),
+        ({"search": {"n_trials": 2, "params": {"model.lr": 0.01}}}, "search.params.model.lr must be a mapping of type, low, high"),
     ],
 )
 def test_bad_sweep_files_are_refused_before_any_trial(tmp_path, content, culprit):
@@ -372,8 +391,8 @@ def test_a_sweep_file_whose_keys_mix_numbers_and_names_is_refused_in_one_line(tm
 def test_a_missing_sweep_file_and_bad_options_are_one_line_errors(tmp_path):
     for args, culprit in [
         (["-c", "nowhere.yaml"], "sweep file nowhere.yaml not found"),
-        (["-c", TINY, "--parallel", "0"], "--parallel must be at least 1"),
-        (["--resume"], "-c/--config"),
+        (["-c", TINY, "--parallel", "0"], "--parallel 0 is not valid here: it takes an integer from 1 up"),
+        (["--resume"], "--config is required"),
     ]:
         status, _, err = run_main("sweep", *args, cwd=tmp_path)
         lines = err.strip().splitlines()
@@ -390,6 +409,33 @@ def test_packaged_sweep_files_are_valid(tmp_path):
     assert set(search.params) == {"model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct"}
     for spec in (seeds, search):
         check_spec(spec)
+    # Read again after fit's parser ran (check_spec): 64..192 is still an int range. Typed Union[int, float], a bound
+    # was then read as 64.0 (jsonargparse tried float first), and the range became a float one.
+    assert load_spec("sweeps/search.yaml").params["model.hidden_size"] == ("int", {"low": 64, "high": 192, "step": 32, "log": False})
+    assert type(load_spec("sweeps/search.yaml").params["model.hidden_size"][1]["low"]) is int
+
+
+def test_the_spec_a_study_keeps_has_the_form_sweeps_stored_before(tmp_path):
+    """A study keeps the sweep's spec and compares it on --resume: the typed sweep file (issue 30) gives the dict the
+    hand-checked one gave (checked against it for these files and the packaged ones), so older sweeps resume."""
+    from mnist_rnn.commands.sweep_file import load_spec
+
+    params = {"model.lr": {"low": 0.001, "high": 0.01, "log": True}, "data.batch_size": {"choices": [32, 64]}}
+    stored = load_spec(str(write_sweep(tmp_path, "form", search={"n_trials": 2, "params": params}))).as_dict()
+    assert stored == {
+        "base": [Path(TINY).read_text()], "overrides": {}, "seeds": None, "n_trials": 2, "metric": "val/acc_best",
+        "params": {"model.lr": ["float", {"low": 0.001, "high": 0.01, "step": None, "log": True}],
+                   "data.batch_size": ["categorical", {"choices": [32, 64]}]},
+        "direction": "maximize", "sampler": "tpe", "sampler_seed": None, "pruner": "median",
+    }  # fmt: skip
+    seeds = load_spec(str(write_sweep(tmp_path, "seeds", seeds=2))).as_dict()
+    assert seeds == {**stored, "seeds": [1, 2], "params": {}}
+    # Fit settings stay as written, for the fit parser: jsonargparse read this callback's interval as a timedelta
+    # when overrides went through it (typed Any), which the trial's YAML could not write.
+    callback = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"train_time_interval": "0:00:00.2"}}
+    overrides = {"trainer": {"callbacks+": [callback]}}
+    spec = load_spec(str(write_sweep(tmp_path, "callbacks", seeds=1, overrides=overrides)))
+    assert spec.overrides == overrides and "train_time_interval: '0:00:00.2'" in spec.fit_args()[-1]
 
 
 def test_workers_sharing_a_storage_url_share_one_study(tmp_path):

@@ -1,21 +1,22 @@
-"""The `mnist-rnn` command: which subcommand runs, the options of serve, export and sweep, and one-line errors.
+"""The `mnist-rnn` command: which subcommand runs, the extra serve, export or sweep needs, and one-line errors.
 
 Nothing here imports torch or Lightning, so every `--help` answers at once. fit/validate/test/predict are
-LightningCLI's (cli.py); serve, export and sweep are argparse commands run by their own module, behind an extra.
+LightningCLI's (cli.py); serve, export and sweep are typed functions (own_commands.py) parsed by jsonargparse
+(options.py), each behind an extra.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import importlib.util
+import inspect
 import os
 import signal
 import sys
 import threading
 from typing import NoReturn, Optional
 
-from mnist_rnn.errors import MissingExtraError, MnistRnnError, TrainingStopped, disk_full, is_disk_full, usage_error
+from mnist_rnn.commands.options import command_parser, plain
+from mnist_rnn.commands.own_commands import ALIASES, COMMANDS, EXTRAS, installed, missing_extra
+from mnist_rnn.errors import MnistRnnError, TrainingStopped, disk_full, is_disk_full
 
 LIGHTNING_COMMANDS = {
     "fit": "Train a model (conf/default.yaml unless -c FILE), with checkpoints and TensorBoard logs.",
@@ -23,76 +24,19 @@ LIGHTNING_COMMANDS = {
     "test": "Score a checkpoint (default: the bundled model) on MNIST's official test set.",
     "predict": "Predict digits in your own image files; writes a CSV.",
 }
-OWN_COMMANDS = {
-    "serve": "Serve a checkpoint's model to draw on in the browser, with a JSON API.",
-    "export": "Export a checkpoint's model to ONNX (and torch.export), checked against PyTorch.",
-    "sweep": "One fit config over seeds, or an Optuna search (docs/sweep.md).",
-}
-# The libraries each command beyond the core needs, and the extra that installs them.
-EXTRAS = {
-    "serve": ("fastapi", "starlette", "uvicorn", "python_multipart"),  # serve.py imports starlette itself too
-    "export": ("onnx", "onnxscript", "onnxruntime"),
-    "sweep": ("optuna", "optuna_integration"),
-}
-CHECK_IMAGES = 10_000  # export checks the exported model on the official test set, all of it by default
-
-
-class CommandParser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        usage_error(message, self.prog)
-
-
-def add_options(name: str, parser: argparse.ArgumentParser) -> None:
-    if name in ("serve", "export"):
-        parser.add_argument("--ckpt_path", default=None, help="checkpoint written by `mnist-rnn fit` (default: the bundled model)")
-    if name == "serve":
-        parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
-        parser.add_argument("--port", type=int, default=8000, help="port to listen on; 0 picks a free one (default 8000)")
-        parser.add_argument("--max_upload_mb", type=float, default=10.0,
-                            help="largest image accepted, in MB; larger gets 413 (default 10)")  # fmt: skip
-    elif name == "export":
-        parser.add_argument("--output", required=True, help="the ONNX file to write, e.g. model.onnx")
-        parser.add_argument("--pt2", default=None, help="also write a torch.export program (.pt2) here")
-        parser.add_argument("--overwrite", action="store_true", help="replace --output (and --pt2) if they exist")
-        parser.add_argument("--check_images", type=int, default=CHECK_IMAGES,
-                            help=f"official test images the exported model is checked on (default: all {CHECK_IMAGES:,})")
-    else:
-        parser.add_argument("-c", "--config", required=True, help="the sweep file, e.g. conf/sweeps/seeds.yaml")
-        parser.add_argument("--resume", action="store_true", help="continue the sweep in runs/<name>/ after a stop or a kill")
-        parser.add_argument("--parallel", type=int, default=1, metavar="N", help="N worker processes, each with cores // N threads")
-        parser.add_argument("--storage", metavar="URL", help="an Optuna RDB URL shared by machines; default: SQLite in runs/<name>/")
-
-
-def missing_extra(name: str, missing: list[str]) -> MissingExtraError:
-    return MissingExtraError(
-        f"mnist-rnn {name} needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed;"
-        f' pip install "mnist-rnn[{name}]"'
-    )
-
-
-def installed(library: str) -> bool:
-    if library in sys.modules:  # imported already (optuna_integration's lazy module has no __spec__ then)
-        return sys.modules[library] is not None  # None: hidden on purpose (the tests' import hook)
-    return importlib.util.find_spec(library) is not None
+OWN_COMMANDS = {name: inspect.getdoc(command).splitlines()[0] for name, command in COMMANDS.items()}
 
 
 def run_own_command(name: str, args: list[str]) -> None:
-    """serve, export or sweep: its options, its extra's libraries (asked before importing: some are imported only
-    deep inside a run, onnxscript by torch.onnx.export), then its module's run; a missing library is one line."""
-    parser = CommandParser(prog=f"mnist-rnn {name}", description=OWN_COMMANDS[name], allow_abbrev=False)
-    add_options(name, parser)
+    """serve, export or sweep: its options (a typed function's, own_commands.py), its extra's libraries (asked before
+    importing: some are imported only deep inside a run, onnxscript by torch.onnx.export), then the function runs."""
+    parser = command_parser(COMMANDS[name], f"mnist-rnn {name}", ALIASES.get(name))
     if not {"-h", "--help"} & set(args):  # the options can be read without the extra; nothing else can
         missing = [lib for lib in EXTRAS[name] if not installed(lib)]
         if missing:
             raise missing_extra(name, missing)
     options = parser.parse_args(args)  # --help ends here, before any import of torch
-    try:
-        module = importlib.import_module(f"mnist_rnn.{name}")
-    except ModuleNotFoundError as err:
-        if not err.name or err.name.split(".")[0] == "mnist_rnn":
-            raise
-        raise missing_extra(name, [err.name.split(".")[0]]) from None
-    module.run(options)
+    COMMANDS[name](**plain(options.as_dict()))
 
 
 def print_help() -> None:

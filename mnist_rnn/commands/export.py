@@ -9,23 +9,21 @@ The graph's input and output: PixelsToProbabilities, and docs/export.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from mnist_rnn.commands import bundled
-from mnist_rnn.commands.dispatch import CHECK_IMAGES  # the option and its range come from the command line
 from mnist_rnn.commands.inference import LoadedModel, PixelsToLogits, answer
 from mnist_rnn.data.mnist_files import load_split
-from mnist_rnn.errors import ConfigError, ExportError
+from mnist_rnn.errors import ExportError
 from mnist_rnn.model.network import IMAGE_SIDE
 from mnist_rnn.run.folders import staged
 
@@ -42,20 +40,19 @@ class PixelsToProbabilities(PixelsToLogits):
         return super().forward(pixels).softmax(dim=1)
 
 
-def run(args: argparse.Namespace) -> None:
-    if not 1 <= args.check_images <= CHECK_IMAGES:
-        raise ConfigError(f"--check_images must lie in 1..{CHECK_IMAGES}, got {args.check_images}")
-    onnx_file = Path(args.output).expanduser()
-    pt2_file = Path(args.pt2).expanduser() if args.pt2 else None
+def run(ckpt_path: Optional[str], output: str, pt2: Optional[str], overwrite: bool, check_images: int) -> None:
+    """`mnist-rnn export`, its options checked by their types (own_commands.export)."""
+    onnx_file = Path(output).expanduser()
+    pt2_file = Path(pt2).expanduser() if pt2 else None
     for target in filter(None, [onnx_file, pt2_file]):
-        check_target(target, args.overwrite)
-    loaded = bundled.command_model(args.ckpt_path)
+        check_target(target, overwrite)
+    loaded = bundled.command_model(ckpt_path)
     images, labels = load_split("test")
-    images, labels = images[: args.check_images], labels[: args.check_images]
+    images, labels = images[:check_images], labels[:check_images]
     # The checkpoint's answers as `mnist-rnn predict` computes them (data.normalize, predict_step).
     reference = torch.cat([answer(loaded, chunk)[0] for chunk in images.split(CHECK_BATCH)])
     accuracy = float((reference.argmax(dim=1) == labels).float().mean())
-    write_checked(onnx_file, export_onnx, onnx_runner, "ONNX Runtime", loaded, images, reference, args.overwrite)
+    write_checked(onnx_file, export_onnx, onnx_runner, "ONNX Runtime", loaded, images, reference, overwrite)
     print(
         f"exported {loaded.path} to {onnx_file}\n"
         "  input  pixels: uint8 (batch, 28, 28), 0..255, white ink on black as in MNIST; normalization is inside\n"
@@ -63,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
         flush=True,
     )
     if pt2_file:
-        write_checked(pt2_file, export_pt2, pt2_runner, "torch.export", loaded, images, reference, args.overwrite)
+        write_checked(pt2_file, export_pt2, pt2_runner, "torch.export", loaded, images, reference, overwrite)
         print(f"exported {loaded.path} to {pt2_file} (torch.export program, same input and output)", flush=True)
     print(f"PyTorch's accuracy on these {len(labels):,} images: {accuracy:.4f}", flush=True)
 

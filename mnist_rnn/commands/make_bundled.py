@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from mnist_rnn.commands.bundled import BUNDLED_CKPT, INFO, KEEP, MAX_BYTES, describe
 from mnist_rnn.commands.cli import cli_main
 from mnist_rnn.commands.inference import training_state
+from mnist_rnn.commands.options import command_parser
 from mnist_rnn.errors import ConfigError, MnistRnnError
 from mnist_rnn.run.checkpoints import read_checkpoint
 from mnist_rnn.run.folders import staged
@@ -40,8 +40,15 @@ def _save(checkpoint: dict[str, Any], path: Path) -> None:
         torch.save(checkpoint, file)
 
 
-def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
-    """Write the bundled checkpoint to output (a default-config fit first unless source is given); return its info."""
+def make(output: Path = BUNDLED_CKPT, source: Optional[Path] = None) -> dict[str, Any]:
+    """Make the bundled model: a fit of the default config (or a given checkpoint of one), tested, then slimmed.
+
+    Returns the info written into the checkpoint, and its size in bytes.
+
+    Args:
+        output: where to write it
+        source: a best checkpoint of a default-config run to bundle, instead of training one
+    """
     # The commands below are given in Python on purpose; Lightning's caution against that concerns sys.argv.
     warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     if source is None:
@@ -72,17 +79,14 @@ def make(output: Path, source: Optional[Path] = None) -> dict[str, Any]:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mnist_rnn.commands.make_bundled", description=__doc__.splitlines()[0])
-    parser.add_argument("--from", dest="source", type=Path, default=None,
-                        help="a best checkpoint of a default-config run to bundle, instead of training one")  # fmt: skip
-    parser.add_argument("--output", type=Path, default=BUNDLED_CKPT, help=f"where to write it (default {BUNDLED_CKPT})")
-    args = parser.parse_args(argv)
+    parser = command_parser(make, "python -m mnist_rnn.commands.make_bundled", {"source": ("--from",)})
+    options = parser.parse_args(argv)
     try:
-        info = make(args.output, args.source)
+        info = make(options.output, options.source)
     except MnistRnnError as err:
         print(f"mnist-rnn: error: {err}", file=sys.stderr)
         raise SystemExit(err.exit_code) from None
-    print(f"wrote {args.output} ({info['bytes']:,} bytes): {describe({INFO: info}).removeprefix('using ')}")
+    print(f"wrote {options.output} ({info['bytes']:,} bytes): {describe({INFO: info}).removeprefix('using ')}")
 
 
 if __name__ == "__main__":

@@ -9,13 +9,12 @@ single image is bound by per-operation overhead, and concurrent requests keep th
 
 from __future__ import annotations
 
-import argparse
 import errno
 import signal
 import socket
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import anyio
 import torch
@@ -28,7 +27,7 @@ from starlette.datastructures import UploadFile
 from mnist_rnn.commands import bundled
 from mnist_rnn.commands.inference import LoadedModel, answer
 from mnist_rnn.data.images import read_digit
-from mnist_rnn.errors import ConfigError, PredictInputError, ServeError
+from mnist_rnn.errors import PredictInputError, ServeError
 from mnist_rnn.run.hardware import cores
 
 PAGE_DIR = Path(__file__).parent / "serve_page"
@@ -37,15 +36,12 @@ FORM_OVERHEAD = 64 * 1024
 NOTHING_DRAWN = "nothing drawn: the image holds no ink; draw a digit or upload a picture of one"
 
 
-def run(args: argparse.Namespace) -> None:
-    if not 0 <= args.port <= 65535:
-        raise ConfigError(f"--port must lie in 0..65535, got {args.port}")
-    if not 0 < args.max_upload_mb < float("inf"):
-        raise ConfigError(f"--max_upload_mb must be positive and finite, got {args.max_upload_mb}")
-    loaded = bundled.command_model(args.ckpt_path)
-    sock = listening_socket(args.host, args.port)
+def run(ckpt_path: Optional[str], host: str, port: int, max_upload_mb: float) -> None:
+    """`mnist-rnn serve`, its options checked by their types (own_commands.serve)."""
+    loaded = bundled.command_model(ckpt_path)
+    sock = listening_socket(host, port)
     torch.set_num_threads(1)  # per request; see the module's docstring
-    app = create_app(loaded, max_upload_bytes=int(args.max_upload_mb * 1_000_000))
+    app = create_app(loaded, max_upload_bytes=int(max_upload_mb * 1_000_000))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     print(f"mnist-rnn serve: {loaded.path} at {address(sock)}  (Ctrl-C stops)", flush=True)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then raises the signal again for the handler

@@ -218,36 +218,36 @@ def run_workers(spec: Spec, folder: Path, url: str, threads: int, n: int) -> lis
     return [128 - p.exitcode if p.exitcode < 0 else p.exitcode for p in workers]  # -15: ended by SIGTERM
 
 
-def run(options) -> None:
+def run(config: str, resume: bool, parallel: int, storage: Optional[str]) -> None:
+    """`mnist-rnn sweep`, its options checked by their types (own_commands.sweep)."""
     quiet_optuna()
-    need(options.parallel >= 1, f"--parallel must be at least 1, got {options.parallel}")
-    spec = load_spec(options.config)
+    spec = load_spec(config)
     folder = check_spec(spec)
     database = folder / "sweep.db"
-    need(options.storage or database.is_file() == options.resume, f"{folder}/ already holds the sweep {spec.name}; continue it with"
+    need(storage or database.is_file() == resume, f"{folder}/ already holds the sweep {spec.name}; continue it with"
          " --resume, or give the sweep file another name: (nothing there is overwritten)" if database.is_file() else
          f"--resume: no sweep to continue in {folder}/; start it without --resume")
-    url = options.storage or f"sqlite:///{database.resolve()}"  # absolute: jsonargparse changes folder reading a config
+    url = storage or f"sqlite:///{database.resolve()}"  # absolute: jsonargparse changes folder reading a config
     parse(url)  # a URL without its driver: refused before anything is made
     folder.mkdir(parents=True, exist_ok=True)
-    threads = max(1, hardware.cores() // options.parallel) if options.parallel > 1 else None  # N trials share the cores
+    threads = max(1, hardware.cores() // parallel) if parallel > 1 else None  # N trials share the cores
     with runs.reporting_full_disk(url.removeprefix("sqlite:///"), then=AGAIN):
         with one_at_a_time(url):  # workers started together: one at a time makes the tables and the study, or joins it
             sweep = Sweep(spec, folder, url, threads)
-            done = sweep.prepare(resume=options.resume)
+            done = sweep.prepare(resume=resume)
         kind = f"{len(spec.seeds)} seeds" if spec.seeds else f"{spec.n_trials} trial(s), {spec.metric} {spec.direction[:3]}"
         print(f"sweep {spec.name}: {kind}; {done} done, {max(spec.n_trials - done, 0)} to run, "
-              f"{f'{options.parallel} workers, {threads} thread(s) each' if threads else 'one at a time'};"
+              f"{f'{parallel} workers, {threads} thread(s) each' if threads else 'one at a time'};"
               f" runs in {folder}/ (tensorboard --logdir {folder})", flush=True)
         try:
-            codes = run_workers(spec, folder, url, threads, options.parallel) if threads else sweep.work() or []
+            codes = run_workers(spec, folder, url, threads, parallel) if threads else sweep.work() or []
         except (TrainingStopped, KeyboardInterrupt) as err:
             codes = [getattr(err, "exit_code", 128 + signal.SIGINT)]
         finally:
             sweep.summarize()
     stopped = next((code for code in codes if code in STOPPED), None)
     if stopped:
-        again = [*(["--parallel", str(options.parallel)] if threads else []), *(["--storage", options.storage] if options.storage else [])]
+        again = [*(["--parallel", str(parallel)] if threads else []), *(["--storage", storage] if storage else [])]
         command = shlex.join(["mnist-rnn", "sweep", "-c", str(spec.path), *again, "--resume"])
         print(f"mnist-rnn: sweep {spec.name} stopped; resume with: {command}", file=sys.stderr)
     if any(codes):

@@ -5,27 +5,113 @@ import contextlib
 import difflib
 import io
 import json
+import math
 import re
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Union
 
 import optuna
 import yaml
+from jsonargparse import ArgumentError
 
+from mnist_rnn.commands.options import Count, OneLineParser, constrained, one_line, plain
 from mnist_rnn.errors import ConfigError as SweepError  # the sweep file, its base config or the sweep folder
 
 # What the model logs during fit, and so what a sweep can optimise (test/* is logged only by test).
-FIT_METRICS = ("val/acc_best", "val/acc", "val/loss", "train/acc", "train/loss")
-# A search's settings and their defaults; params: name -> (kind, keywords of trial.suggest_<kind>).
-SEARCH = {"params": {}, "n_trials": None, "metric": "val/acc_best", "direction": "maximize", "sampler": "tpe",
-          "sampler_seed": None, "pruner": "median"}
+Metric = Literal["val/acc_best", "val/acc", "val/loss", "train/acc", "train/loss"]
+FIT_METRICS = typing.get_args(Metric)
 RESERVED = ("trainer.logger.", "ckpt_path.")  # set by the sweep for every trial (with a dot: whole names only)
 GROUPS = {"trainer", "model", "data"}  # the fit config's sections that hold settings of their own
 MAX_SEEDS = 10_000  # a larger count is a typo, not a sweep (each seed is a whole fit), and would fill memory as a list
+# Letters, digits, . _ - only: a newline or a NUL would split the one-line messages or the folder's path.
+FolderName = constrained("FolderName", str, lambda name: re.fullmatch(r"[\w.-]+", name) and name not in (".", ".."),
+                         "a plain folder name of letters, digits, . _ - (it becomes runs/<name>/)")  # fmt: skip
+# A bound or step: an int as written (an int range), else a float. Not Union[int, float]: typing caches unions and takes
+# Union[float, int] made earlier (by any module) for it, and jsonargparse, trying float first, would read 64 as 64.0.
+Number = constrained("Number", float, math.isfinite, "a finite number")
+SeedCount = constrained("SeedCount", int, lambda n: 1 <= n <= MAX_SEEDS, f"a count in 1..{MAX_SEEDS} (meaning seeds 1..N)")
 
 
-class Spec(SimpleNamespace):  # path, name, base (paths), overrides, seeds (None for a search), and the keys of SEARCH
+@dataclass
+class Rule:
+    """The values a search draws for one fit option: a range (low, high; int when both are integers) or choices.
+
+    Args:
+        type: float, int or categorical; by default told by the bounds, or categorical with choices
+        low: the range's lowest value
+        high: the range's highest value
+        step: Optuna's step between values (int: 1)
+        log: draw log-uniformly (Optuna's log)
+        choices: the values of a categorical option (as written: the fit parser checks them)
+    """
+
+    type: Optional[Literal["float", "int", "categorical"]] = None
+    low: Union[int, Number, None] = None
+    high: Union[int, Number, None] = None
+    step: Union[int, Number, None] = None
+    log: bool = False
+    choices: Optional[list[Any]] = None
+
+
+@dataclass
+class Search:
+    """An Optuna search: n_trials trials, each a fit with settings drawn from params.
+
+    Args:
+        n_trials: how many trials the study runs in all
+        params: fit options by their full name (like model.lr), each with its Rule
+        metric: what the search optimises, one logged during fit
+        direction: maximize, or minimize for a loss
+        sampler: Optuna's TPE sampler, or random
+        sampler_seed: the sampler's seed (the same trials in the same order, one worker)
+        pruner: median (Optuna's MedianPruner, or a mapping of its settings with name: median), or none
+    """
+
+    n_trials: Count
+    params: dict[str, Rule] = field(default_factory=dict)
+    metric: Metric = "val/acc_best"
+    direction: Literal["maximize", "minimize"] = "maximize"
+    sampler: Literal["tpe", "random"] = "tpe"
+    sampler_seed: Optional[int] = None
+    pruner: Union[Literal["median", "none", False], dict[str, Any], None] = "median"
+
+
+@dataclass
+class SweepFile:
+    """A sweep file (docs/sweep.md): fit configs plus overrides, run over seeds or searched.
+
+    Args:
+        name: the sweep's name and folder, runs/<name>/ (default: the file's name)
+        base: a fit config's name, or a list of them (default: conf/default.yaml alone)
+        overrides: fit settings on top, written as in a fit config (as written: the fit parser checks them)
+        seeds: a seed sweep: a list of seeds, or a count N meaning 1..N
+        search: a search instead of seeds
+    """
+
+    name: FolderName
+    base: Union[str, list[str]] = field(default_factory=list)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    seeds: Union[SeedCount, list[int], None] = None
+    search: Optional[Search] = None
+
+
+@dataclass
+class Spec:  # a checked sweep file: base as paths, seeds as a list, the search's params as (kind, keywords of trial.suggest_<kind>)
+    path: Path
+    name: str
+    base: list[Path]
+    overrides: dict
+    seeds: Optional[list[int]]
+    params: dict[str, tuple[str, dict]]
+    n_trials: int
+    metric: str = "val/acc_best"
+    direction: str = "maximize"
+    sampler: str = "tpe"
+    sampler_seed: Optional[int] = None
+    pruner: Any = "median"
+
     def as_dict(self) -> dict:  # what makes two runs the same sweep (kept in the study, compared on --resume)
         # The base configs' text, not their paths: machines sharing a study install them in different places.
         settings = {**vars(self), "base": [p.read_text() for p in self.base]}
@@ -50,9 +136,19 @@ def about(path: Path):  # every refusal inside names the sweep file first
         raise SweepError(f"{path}: {' '.join(str(err).split())}") from None
 
 
-def known(mapping: dict, at: str, keys: tuple[str, ...]) -> None:
-    unknown = sorted(set(mapping) - set(keys), key=str)  # YAML keys may be numbers too
-    need(not unknown, f"unknown key {at}{unknown[0] if unknown else ''}; the keys are {', '.join(keys)}")
+def typed(cls: type, raw: Any, at: str, kept: tuple[str, ...] = ()) -> Any:
+    """raw, a mapping read from the sweep file, as a cls: jsonargparse checks each key against its field's type. The
+    kept fields are left as read: a section parsed on its own (a refusal in it names its own key), or fit settings,
+    which the fit parser checks (check_spec; jsonargparse would read a class_path in an Any value as a class's)."""
+    hints = typing.get_type_hints(cls)
+    need(isinstance(raw, dict), f"{at.rstrip('.')} must be a mapping of {', '.join(hints)}")
+    parser = OneLineParser(exit_on_error=False)
+    parser.add_class_arguments(cls, skip=set(kept))
+    try:
+        config = parser.parse_object({key: value for key, value in raw.items() if key not in kept})
+    except ArgumentError as err:
+        raise SweepError(one_line(str(err), hints, at)) from None
+    return cls(**plain(config.as_dict()), **{key: raw[key] for key in kept if key in raw})
 
 
 def find_config(name: str, near: Optional[Path] = None) -> Optional[Path]:  # as given, next to `near`, or packaged (as fit -c)
@@ -70,57 +166,41 @@ def load_spec(given: str) -> Spec:
         except (OSError, yaml.YAMLError, UnicodeDecodeError) as err:
             raise SweepError(f"cannot be read as YAML ({err})") from None
         need(isinstance(raw, dict), "must be a YAML mapping with base/overrides and seeds or search")
-        known(raw, "", ("name", "base", "overrides", "seeds", "search"))
-        name = str(raw.get("name") or path.stem)
-        # Letters, digits, . _ - only: a newline or a NUL would split the one-line messages or the folder's path.
-        need(re.fullmatch(r"[\w.-]+", name) and name not in (".", ".."),
-             f"name {name!r} must be a plain folder name of letters, digits, . _ - (it becomes runs/<name>/)")
-        names = [raw["base"]] if isinstance(raw.get("base"), str) else raw.get("base") or []
-        need(isinstance(names, list), f"base must be a fit config's name or a list of them, got {raw.get('base')!r}")
-        spec = Spec(path=path, name=name, base=[find_config(str(n), near=path.parent) for n in names],
-                    overrides=raw.get("overrides") or {}, seeds=None, **SEARCH)
-        for base_name, found in zip(names, spec.base):
-            need(found, f"base config {base_name} does not exist; name a fit config such as default.yaml or conf/tiny.yaml")
-        need(isinstance(spec.overrides, dict) and all(isinstance(spec.overrides[k], dict) for k in GROUPS & set(spec.overrides)),
+        sweep = typed(SweepFile, {**raw, "name": raw.get("name") or path.stem}, "", kept=("overrides", "search"))
+        names = [sweep.base] if isinstance(sweep.base, str) else sweep.base
+        base = [find_config(name, near=path.parent) for name in names]
+        for name, found in zip(names, base):
+            need(found, f"base config {name} does not exist; name a fit config such as default.yaml or conf/tiny.yaml")
+        need(isinstance(sweep.overrides, dict) and all(isinstance(sweep.overrides[k], dict) for k in GROUPS & set(sweep.overrides)),
              "overrides must be a mapping of fit settings, written as in a fit config (trainer, model and data are mappings)")
-        seeds, search = raw.get("seeds"), raw.get("search")
-        need(seeds is not None or search is not None, "give seeds: (a list, or a count) or search: (params and n_trials)")
-        need(seeds is None or search is None, "give seeds: or search:, not both; search, then run the best settings over seeds")
-        if search is None:
-            spec.seeds = list(range(1, seeds + 1)) if type(seeds) is int and seeds <= MAX_SEEDS else seeds
-            need(isinstance(spec.seeds, list) and spec.seeds and all(type(s) is int for s in spec.seeds),
-                 f"seeds must be a non-empty list of integers or a positive count, got {seeds!r}")
-            need(len(set(spec.seeds)) == len(spec.seeds), f"seeds repeat a value: {spec.seeds}")
-            spec.n_trials = len(spec.seeds)
-            return spec
-        need(isinstance(search, dict), "search must be a mapping with params, n_trials, metric, direction")
-        known(search, "search.", tuple(SEARCH))
-        vars(spec).update(search)
-        for key, ok, want in (("n_trials", type(spec.n_trials) is int and spec.n_trials > 0, "a positive integer"),
-                              ("direction", spec.direction in ("maximize", "minimize"), "maximize or minimize"),
-                              ("sampler", spec.sampler in ("tpe", "random"), "tpe or random"),
-                              ("sampler_seed", spec.sampler_seed is None or type(spec.sampler_seed) is int, "an integer")):
-            need(ok, f"search.{key} must be {want}, got {getattr(spec, key)!r}")
-        need(spec.metric in FIT_METRICS, f"search.metric {spec.metric} is not logged during fit; choose one of {', '.join(FIT_METRICS)}")
+        need(sweep.seeds is not None or sweep.search is not None, "give seeds: (a list, or a count) or search: (params and n_trials)")
+        need(sweep.seeds is None or sweep.search is None, "give seeds: or search:, not both; search, then run the best settings over seeds")
+        common = {"path": path, "name": sweep.name, "base": base, "overrides": sweep.overrides}
+        if sweep.search is None:
+            seeds = list(range(1, sweep.seeds + 1)) if isinstance(sweep.seeds, int) else sweep.seeds
+            need(seeds, "seeds is an empty list; list at least one seed, or give a count")
+            need(len(set(seeds)) == len(seeds), f"seeds repeat a value: {seeds}")
+            return Spec(**common, seeds=seeds, params={}, n_trials=len(seeds))
+        search = typed(Search, sweep.search, "search.", kept=("params",))
+        spec = Spec(**common, seeds=None, **{**vars(search), "params": {}})
         make_pruner(spec)  # checked now; each worker builds its own
-        need(isinstance(spec.params, dict) and spec.params, "search.params must map option names (like model.lr) to ranges or choices")
-        spec.params = {str(name): distribution(f"search.params.{name}", rule) for name, rule in spec.params.items()}
+        need(isinstance(search.params, dict) and search.params, "search.params must map option names (like model.lr) to ranges or choices")
+        for name, rule in search.params.items():
+            spec.params[str(name)] = distribution(f"search.params.{name}", typed(Rule, rule, f"search.params.{name}.", ("choices",)))
     return spec
 
 
-def distribution(at: str, rule: Any) -> tuple[str, dict]:
-    need(isinstance(rule, dict), f"{at} must be a mapping: {{low: .., high: .., log: true}} or {{choices: [..]}}")
-    known(rule, f"{at}.", ("type", "low", "high", "step", "log", "choices"))
-    low, high, choices = rule.get("low"), rule.get("high"), rule.get("choices")
-    kind = rule.get("type") or ("categorical" if "choices" in rule else "int" if type(low) is type(high) is int else "float")
+def distribution(at: str, rule: Rule) -> tuple[str, dict]:
+    low, high, choices = rule.low, rule.high, rule.choices
+    kind = rule.type or ("categorical" if choices is not None else "int" if type(low) is type(high) is int else "float")
     if kind == "categorical":
-        need(isinstance(choices, list) and choices, f"{at}.choices is empty; list at least one value")
+        need(isinstance(choices, list), f"{at}.choices must be a list of values, got {choices!r}")
+        need(choices, f"{at}.choices is empty; list at least one value")
         return kind, {"choices": choices}
-    need(kind in ("float", "int"), f"{at}.type must be float, int or categorical, got {kind!r}")
-    need(type(low) in (int, float) and type(high) in (int, float), f"{at}.low and .high must be numbers, got {low!r} and {high!r}")
+    need(low is not None and high is not None, f"{at} needs low and high (numbers), or choices")
     # Optuna takes low == high (one value); a sweep over one value is a mistake.
     need(low < high, f"{at} is an empty range (low {low} >= high {high}); make low smaller than high")
-    keywords = {"low": low, "high": high, "step": rule.get("step") or (1 if kind == "int" else None), "log": bool(rule.get("log"))}
+    keywords = {"low": low, "high": high, "step": rule.step or (1 if kind == "int" else None), "log": rule.log}
     try:  # Optuna's own checks (log needs low > 0, a step must divide the range...), now rather than mid-sweep
         (optuna.distributions.IntDistribution if kind == "int" else optuna.distributions.FloatDistribution)(**keywords)
     except (ValueError, TypeError) as err:
