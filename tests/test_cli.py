@@ -124,7 +124,7 @@ def test_a_refusal_ends_the_process_with_status_2_and_one_line(tmp_path):
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.startswith("mnist-rnn")]
     assert lines == [
-        'mnist-rnn: error: Parser key "model.hidden_size": Not of type PositiveInt: 0 does not conform to restriction v>0'
+        "mnist-rnn: error: --model.hidden_size 0 is not valid here: it takes PositiveInt (v>0)"
         " (options: mnist-rnn fit --help)"
     ], result.stderr
     assert "Traceback" not in result.stderr
@@ -134,9 +134,9 @@ def test_a_refusal_ends_the_process_with_status_2_and_one_line(tmp_path):
 @pytest.mark.parametrize(
     "flag,message",
     [
-        ("--model.hidden_size=0", '"model.hidden_size": Not of type PositiveInt: 0 does not conform to restriction v>0'),
-        ("--model.lr=-0.1", '"model.lr": Not of type PositiveFloat32: -0.1 does not conform to restriction v>0.0'),
-        ("--data.batch_size=0", '"data.batch_size": Not of type PositiveInt: 0 does not conform to restriction v>0'),
+        ("--model.hidden_size=0", "--model.hidden_size 0 is not valid here: it takes PositiveInt (v>0)"),
+        ("--model.lr=-0.1", "--model.lr -0.1 is not valid here: it takes PositiveFloat32 (v>0.0"),
+        ("--data.batch_size=0", "--data.batch_size 0 is not valid here: it takes PositiveInt (v>0)"),
         ("--data.data_dir=/no/such/folder", "/no/such/folder does not exist"),
     ],
 )

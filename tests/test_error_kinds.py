@@ -202,7 +202,7 @@ KINDS = {
     "--data.max_shift out of range": (
         None,
         (*FIT, "--data.max_shift", "30"),
-        'Parser key "data.max_shift": Not of type ShiftPixels: 30 does not conform to restriction v>=0 and v<=8',
+        "--data.max_shift 30 is not valid here: it takes ShiftPixels (v>=0 and v<=8)",
     ),
     "--max_upload_mb infinite": (
         None,

@@ -84,8 +84,8 @@ def test_a_bad_data_dir(tmp_path, monkeypatch, capsys, damage, message):
 
 
 def out_of_type(key: str, type_name: str, value: str, restriction: str) -> str:
-    """jsonargparse's refusal of a value outside a setting's restricted type (mnist_rnn/run/ranges.py)."""
-    return f'Parser key "{key}": Not of type {type_name}: {value} does not conform to restriction {restriction}'
+    """The refusal of a value outside a setting's restricted type (mnist_rnn/run/ranges.py), as options.short_error words it."""
+    return f"--{key} {value} is not valid here: it takes {type_name} ({restriction})"
 
 
 FLOAT32 = "v>0.0 and v<=3.4028234663852886e+38"
@@ -105,9 +105,9 @@ SETTINGS = {
     "max_epochs_-2": ("--trainer.max_epochs=-2", "--trainer.max_epochs must be at least 1, or -1 for no limit, got -2"),
     "unknown_optimizer": (
         "--model.optimizer=adamx",
-        "Parser key \"model.optimizer\": Expected a typing.Literal['adam', 'adamw', 'sgd', 'rmsprop']. Got value: adamx",
+        "--model.optimizer adamx is not valid here: it takes adam, adamw, sgd, rmsprop",
     ),
-    "not_a_number": ("--model.lr=fast", "Parser key \"model.lr\": Not of type PositiveFloat32: could not convert string to float: 'fast'"),
+    "not_a_number": ("--model.lr=fast", "--model.lr fast is not valid here: it takes PositiveFloat32"),
 }
 
 

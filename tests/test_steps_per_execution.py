@@ -171,7 +171,7 @@ def test_counts_that_the_steps_do_not_divide_are_refused(tmp_path, monkeypatch, 
         " under one step per batch); pass --trainer.gradient_clip_val null or --model.steps_per_execution 1"
     )
     assert cli_error(capsys, "fit", "--model.steps_per_execution", "0") == (
-        'Parser key "model.steps_per_execution": Not of type PositiveInt: 0 does not conform to restriction v>0'
+        "--model.steps_per_execution 0 is not valid here: it takes PositiveInt (v>0)"
         " (options: mnist-rnn fit --help)"
     )
     assert not list(Path(".").rglob("*.ckpt"))  # refused before the first step

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -22,6 +21,7 @@ from lightning.pytorch.callbacks import Callback, ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from mnist_rnn.commands import bundled
+from mnist_rnn.commands.options import short_error
 from mnist_rnn.commands.predictions import PredictionCSVWriter, report_skipped
 from mnist_rnn.data.datamodule import MNISTDataModule, check_source
 from mnist_rnn.errors import ConfigError, usage_error
@@ -46,19 +46,7 @@ class OneLineErrorParser(LightningArgumentParser):
         if not self.exit_on_error or os.environ.get("MNIST_RNN_DEBUG"):
             super().error(message, ex)  # raises (while jsonargparse tries alternatives), or the full report
         parser = getattr(ex, "subcommand_parser", None) or self
-        usage_error(short_union_error(" ".join(message.split())), parser.prog.replace(" [options]", ""))
-
-
-def short_union_error(message: str) -> str:
-    """jsonargparse's report of a value none of a setting's types takes, as the value and what it takes."""
-    match = re.fullmatch(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes'
-                         r" Subtypes: \[(.*?)\] Errors: .* Given value: (.*)", message)  # fmt: skip
-    if not match:
-        return message
-    key, subtypes, value = match.groups()
-    names = [{"NoneType": "null"}.get(name, name) for name in re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>", subtypes)]
-    literals = [v.strip(" '") for group in re.findall(r"Literal\[([^\]]*)\]", subtypes) for v in group.split(",")]
-    return f"--{key} {value} is not valid here: it takes {', '.join(dict.fromkeys(literals + names))}"
+        usage_error(short_error(" ".join(message.split())), parser.prog.replace(" [options]", ""))
 
 
 class SaveFitConfig(SaveConfigCallback):

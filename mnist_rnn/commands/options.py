@@ -78,6 +78,28 @@ def one_line(message: str, hints: dict[str, Any], prefix: str = "--") -> str:
     return f"{prefix}{refused[1]}{value} is not valid here: it takes {describe(hints[refused[1]])}"
 
 
+def short_error(message: str) -> str:
+    """jsonargparse's report of a refused value as the option, the value and what it takes, in the form serve, export
+    and sweep use (options.one_line): `--model.hidden_size 0 is not valid here: it takes PositiveInt (v>0)`."""
+    if match := re.fullmatch(r'Parser key "([^"]+)": Does not validate against any of the Union subtypes'
+                             r" Subtypes: \[(.*?)\] Errors: .* Given value: (.*)", message):  # fmt: skip
+        key, subtypes, value = match.groups()
+        names = [{"NoneType": "null"}.get(name, name) for name in re.findall(r"<class '(?:[\w.]+\.)?(\w+)'>", subtypes)]
+        literals = [v.strip(" '") for group in re.findall(r"Literal\[([^\]]*)\]", subtypes) for v in group.split(",")]
+        takes = ", ".join(dict.fromkeys(literals + names))
+    elif match := re.fullmatch(r'Parser key "([^"]+)": Not of type (\w+): (.*?) does not conform to restriction (.*)', message):
+        key, name, value, rule = match.groups()
+        takes = f"{name} ({rule})"
+    elif match := re.fullmatch(r'Parser key "([^"]+)": Not of type (\w+): could not convert string to \w+: (.*)', message):
+        key, takes, value = match[1], match[2], match[3].strip("'")
+    elif match := re.fullmatch(r'Parser key "([^"]+)": Expected a typing\.Literal\[(.*)\]\. Got value: (.*)', message):
+        key, value = match[1], match[3]
+        takes = ", ".join(v.strip(" '") for v in match[2].split(","))
+    else:
+        return message
+    return f"--{key} {value} is not valid here: it takes {takes}"
+
+
 class OneLineParser(ArgumentParser):
     """jsonargparse's parser, its refusals one line (mnist_rnn.errors.usage_error), as fit's are (cli.py)."""
 
