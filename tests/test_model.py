@@ -117,6 +117,20 @@ def test_a_model_loaded_from_a_cli_checkpoint_holds_plain_numbers_and_saves_a_re
     assert read_checkpoint(tmp_path / "again.ckpt")["hyper_parameters"]["hidden_size"] == 128
 
 
+def test_a_constant_lr_is_a_schedule_named_train_lr_too():
+    # LearningRateMonitor names the curve after the schedule (tests/test_cli.py reads train/lr after a onecycle fit);
+    # without one it would be lr-Adam, a group of its own ahead of train/ in TensorBoard.
+    model = LSTMClassifier(hidden_size=8, lr=0.01, scheduler="none")
+    config = model.configure_optimizers()
+    assert config["lr_scheduler"]["name"] == "train/lr" and config["lr_scheduler"]["interval"] == "step"
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    model(torch.randn(2, 28, 28)).sum().backward()
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert [group["lr"] for group in optimizer.param_groups] == [0.01]  # exactly: x 1.0
+
+
 def test_hyperparameters_are_saved():
     model = LSTMClassifier(hidden_size=32, lr=0.01, scheduler="cosine")
     assert model.hparams.hidden_size == 32

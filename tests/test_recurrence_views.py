@@ -16,8 +16,8 @@ from mnist_rnn.model.network import RecurrentNet
 from mnist_rnn.views.unroll import gradient_by_step, unroll
 from tests.conftest import TINY, run_cli
 
-IMAGE_TAGS = ("val/accuracy_by_steps_read", "train/gradient_by_step", "val/gates")
-TEXT_TAGS = ("val/accuracy_by_steps_read/text_summary", "train/gradient_by_step/text_summary")
+IMAGE_TAGS = ("views/accuracy_by_steps_read", "views/gradient_by_step", "views/gates")
+TEXT_TAGS = ("views/accuracy_by_steps_read/text_summary", "views/gradient_by_step/text_summary")
 SHORT = ("--trainer.max_epochs", "1", "--threads", "1")
 
 
@@ -36,7 +36,7 @@ def table(text: str) -> dict[int, list[float]]:
 
 
 def projector(run_dir: Path) -> dict[str, Path]:
-    [folder] = run_dir.glob("*/val%2fhidden_state")
+    [folder] = run_dir.glob("*/views%2fhidden_state")
     return {name: folder / name for name in ("tensors.tsv", "metadata.tsv", "sprite.png")}
 
 
@@ -53,15 +53,15 @@ def assert_views_logged(run_dir: Path, steps: int, digits: int) -> EventAccumula
         assert tag in acc.Tags()["tensors"], f"{tag} missing from {acc.Tags()['tensors']}"
     assert_pictures(acc)
     assert (run_dir / "projector_config.pbtxt").is_file()
-    assert "val/hidden_state" in (run_dir / "projector_config.pbtxt").read_text()
+    assert "views/hidden_state" in (run_dir / "projector_config.pbtxt").read_text()
     # At k = T the network has read everything: the same answers as val/acc, at the same step.
     val_acc = {e.step: e.value for e in acc.Scalars("val/acc")}
-    for step, text in texts(acc, "val/accuracy_by_steps_read/text_summary"):
+    for step, text in texts(acc, "views/accuracy_by_steps_read/text_summary"):
         by_k = table(text)
         assert max(by_k) == steps and 1 in by_k
         # To one image of those validated (the table prints six decimals, finer than 1/digits).
         assert by_k[steps][0] == pytest.approx(val_acc[step], abs=1 / digits)
-    for _, text in texts(acc, "train/gradient_by_step/text_summary"):
+    for _, text in texts(acc, "views/gradient_by_step/text_summary"):
         norms = [v for values in table(text).values() for v in values]
         assert norms and all(math.isfinite(v) and v > 0 for v in norms), norms
     return acc
@@ -72,7 +72,7 @@ def assert_pictures(acc: EventAccumulator) -> None:
     val_steps = [e.step for e in acc.Scalars("val/acc")]
     for tag in IMAGE_TAGS:
         pictures = acc.Images(tag)
-        if tag.startswith("val/"):
+        if tag != "views/gradient_by_step":  # logged during training; the others at each validation
             assert [p.step for p in pictures] == val_steps, tag  # one per validation epoch, next to its scalars
         with Image.open(io.BytesIO(pictures[-1].encoded_image_string)) as picture:
             assert picture.size == (pictures[-1].width, pictures[-1].height)
@@ -106,7 +106,7 @@ def test_pixels_log_every_view(tmp_path):
         "--trainer.limit_val_batches", "1", "--data.eval_batch_size", "100",
     )  # fmt: skip
     acc = events(run_dir)
-    assert "val/accuracy_by_steps_read" in acc.Tags()["images"]
+    assert "views/accuracy_by_steps_read" in acc.Tags()["images"]
     # The table lists about 28 of the 784 ks, the last among them.
     assert_views_logged(run_dir, steps=784, digits=100)
     assert_embedding(run_dir, points=1000)
@@ -131,7 +131,7 @@ def test_bidirectional_gru_logs_every_view_on_one_fixed_batch(tmp_path):
     )  # fmt: skip
     acc = assert_views_logged(run_dir, steps=28, digits=1000)
     assert_embedding(run_dir, points=1000)
-    gradients = texts(acc, "train/gradient_by_step/text_summary")
+    gradients = texts(acc, "views/gradient_by_step/text_summary")
     # Every 2 steps and at the first: steps 1, 2 and 4 of 5.
     assert [step for step, _ in gradients] == [1, 2, 4]
     # Both directions' columns, on the same fixed batch each time: the first 64 validation digits.
@@ -150,7 +150,7 @@ def test_views_switched_off_log_nothing(tmp_path):
     assert not set(IMAGE_TAGS) & set(acc.Tags()["images"])
     assert not set(TEXT_TAGS) & set(acc.Tags()["tensors"])
     assert not (run_dir / "projector_config.pbtxt").exists()
-    assert not list(run_dir.glob("*/val%2fhidden_state"))
+    assert not list(run_dir.glob("*/views%2fhidden_state"))
 
 
 @pytest.mark.parametrize(

@@ -222,10 +222,12 @@ class RecurrentClassifier(L.LightningModule):
         trainer = self.attached_trainer()
         clipping = bool(trainer is not None and trainer.gradient_clip_val)
         optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, clipping)
-        if hp.scheduler == "none":
-            return optimizer
-        scheduler = SCHEDULERS[hp.scheduler](optimizer, hp.lr, int(self.optimizer_steps()), hp.warmup_pct)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        if hp.scheduler == "none":  # a schedule that keeps lr as it is (x 1.0), so that its curve is named as the others'
+            scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+        else:
+            scheduler = SCHEDULERS[hp.scheduler](optimizer, hp.lr, int(self.optimizer_steps()), hp.warmup_pct)
+        # LearningRateMonitor names the curve after the schedule (else lr-Adam): train/lr, in TensorBoard's train group.
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
 
 def _fast(clipping: bool) -> dict[str, bool]:

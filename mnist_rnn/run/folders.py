@@ -66,8 +66,8 @@ def name_run(config) -> None:
 
 
 class RunLogger(TensorBoardLogger):
-    """TensorBoardLogger that claims its version folder atomically, flushes at every checkpoint, and
-    reports a full disk in one line naming the file.
+    """TensorBoardLogger that claims its version folder atomically, flushes at every checkpoint, leaves out
+    Lightning's `epoch` counter, and reports a full disk in one line naming the file.
 
     TensorBoardLogger picks the version after the highest on disk, so two runs started together would
     share version_N; `os.mkdir`, which fails on an existing folder, makes the pick and the claim one step.
@@ -160,10 +160,13 @@ class RunLogger(TensorBoardLogger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, Any], step: Optional[int] = None) -> None:
+        # Lightning adds its `epoch` counter to every dict it logs; TensorBoard would open on it (its groups sort by
+        # name, and the first two start open: docs/dashboards.md), a staircase that says nothing the step axis does not.
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
         if self.resumed_at is not None and step is not None and step < self.resumed_at:
             metrics = {k: v for k, v in metrics.items() if (k, step) not in self.logged_below()}
-            if not metrics:
-                return  # never a repeated point, nor one going back (see __init__)
+        if not metrics:
+            return  # never a repeated point, nor one going back (see __init__)
         try:
             super().log_metrics(metrics, step)
         except ValueError as err:  # Lightning calls any error of add_scalar a value it cannot log

@@ -16,12 +16,16 @@ from mnist_rnn.errors import ConfigError
 from mnist_rnn.model.network import NUM_CLASSES
 from mnist_rnn.views.pictures import confusion_matrix_image, digit_grid, note_image
 
+# CUSTOM SCALARS: training and validation on one chart each (a card of TIME SERIES or SCALARS draws one tag).
+LAYOUT = {"train and validation": {"accuracy": ["Multiline", ["^(train|val)/acc$"]], "loss": ["Multiline", ["^(train|val)/loss$"]]}}
+
 
 class TensorBoardDashboards(Callback):
-    """What TensorBoard shows beyond the scalars: the HPARAMS table and two pictures per validation epoch.
+    """What TensorBoard shows beyond the scalars' own cards: the HPARAMS table, two pictures per validation epoch,
+    and the CUSTOM SCALARS charts (`LAYOUT`).
 
     HPARAMS: the model's and the data's settings against `val/acc_best`, so runs compare in one
-    table. IMAGES `val/confusion_matrix` (true class against predicted) and `val/misclassified`
+    table. IMAGES `views/confusion_matrix` (true class against predicted) and `views/misclassified`
     (validation digits the model got wrong, captioned "true->pred"). Nothing without a TensorBoardLogger."""
 
     def __init__(self, max_misclassified: int = 48, metric: str = "val/acc_best") -> None:
@@ -38,6 +42,11 @@ class TensorBoardDashboards(Callback):
         self.confusion = MulticlassConfusionMatrix(NUM_CLASSES)
         self._wrong: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (images, labels, preds)
         self._hparams_logged = False
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        logger = tensorboard_logger(trainer)
+        if logger is not None:  # again on a resumed run: TensorBoard shows a layout written twice once
+            logger.experiment.add_custom_scalars(LAYOUT)
 
     def _active(self, trainer: L.Trainer) -> bool:
         return tensorboard_logger(trainer) is not None and not trainer.sanity_checking
@@ -93,14 +102,14 @@ class TensorBoardDashboards(Callback):
         matrix = self.confusion.compute()  # every rank takes part: it syncs across devices
         experiment = tensorboard_logger(trainer).experiment
         step = val_step(trainer)
-        experiment.add_image("val/confusion_matrix", confusion_matrix_image(matrix), step)
+        experiment.add_image("views/confusion_matrix", confusion_matrix_image(matrix), step)
         if self._wrong:
             images, labels, preds = (torch.cat(parts) for parts in zip(*self._wrong))
             captions = [f"{int(t)}->{int(p)}" for t, p in zip(labels, preds)]
             grid = digit_grid(images, captions)
         else:
             grid = note_image("no misclassified digits")
-        experiment.add_image("val/misclassified", grid, step)
+        experiment.add_image("views/misclassified", grid, step)
         self._wrong = []
 
 

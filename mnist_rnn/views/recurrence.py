@@ -33,13 +33,13 @@ class RecurrenceViews(Callback):
     ) -> None:
         """
         Args:
-            accuracy_by_steps: Log `val/accuracy_by_steps_read` each validation (from the validation
+            accuracy_by_steps: Log `views/accuracy_by_steps_read` each validation (from the validation
                 step's own pass; a bidirectional model reads the set again, about 15 times: see docs).
-            gradient_every_n_steps: Log `train/gradient_by_step` every this many training steps
+            gradient_every_n_steps: Log `views/gradient_by_step` every this many training steps
                 (and at the first); 0: never.
             gradient_digits: Size of the fixed validation batch the gradient is taken on.
-            gate_digits: How many fixed validation digits `val/gates` shows; 0: no gates view.
-            embedding_digits: How many fixed validation digits `val/hidden_state` projects; 0: none.
+            gate_digits: How many fixed validation digits `views/gates` shows; 0: no gates view.
+            embedding_digits: How many fixed validation digits `views/hidden_state` projects; 0: none.
         """
         super().__init__()
         for name, value in (("gradient_every_n_steps", gradient_every_n_steps), ("gate_digits", gate_digits),
@@ -86,7 +86,7 @@ class RecurrenceViews(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fixed, self._last_gradient_step = None, -1
 
-    # val/accuracy_by_steps_read
+    # views/accuracy_by_steps_read
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._correct, self._seen = None, 0
@@ -142,12 +142,12 @@ class RecurrenceViews(Callback):
         step = val_step(trainer)
         title = f"validation accuracy after reading the first k {unit}s ({int(seen)} digits)"
         image = curve_image([("accuracy", (31, 119, 180), grid, accuracy)], title, f"k ({unit}s read)")
-        experiment.add_image("val/accuracy_by_steps_read", image, step)
+        experiment.add_image("views/accuracy_by_steps_read", image, step)
         listed = set(_table_ks(grid))
         rows = [[str(k), f"{a:.6f}"] for k, a in zip(grid, accuracy) if k in listed]
-        experiment.add_text("val/accuracy_by_steps_read", _markdown_table([f"k ({unit}s read)", "accuracy"], rows), step)
+        experiment.add_text("views/accuracy_by_steps_read", _markdown_table([f"k ({unit}s read)", "accuracy"], rows), step)
 
-    # val/gates, and both validation views' logging
+    # views/gates, and both validation views' logging
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         experiment = self._experiment(trainer)
@@ -161,9 +161,9 @@ class RecurrenceViews(Callback):
             with torch.no_grad():
                 unrolled = unroll(net, images.float(), keep_gates=True)
             image = gates_image(images, labels, unrolled.logits.argmax(dim=1), unrolled.gates, net.sequence)
-            experiment.add_image("val/gates", image, val_step(trainer))
+            experiment.add_image("views/gates", image, val_step(trainer))
 
-    # train/gradient_by_step
+    # views/gradient_by_step
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
@@ -185,13 +185,13 @@ class RecurrenceViews(Callback):
         steps = list(range(1, norms.shape[1] + 1))
         series = [(name, colour, steps, values.tolist()) for name, colour, values in zip(names, colours, norms)]
         title = f"|d loss / d hidden state| at each {unit}, mean over {len(labels)} fixed validation digits"
-        experiment.add_image("train/gradient_by_step", curve_image(series, title, unit, log_y=True), step)
+        experiment.add_image("views/gradient_by_step", curve_image(series, title, unit, log_y=True), step)
         fingerprint = float(images.double().sum())
         header = f"fixed batch: the first {len(labels)} validation digits (pixel sum {fingerprint:.6f})\n\n"
         rows = [[str(k), *(f"{float(v[k - 1]):.3e}" for v in norms)] for k in _table_ks(steps)]
-        experiment.add_text("train/gradient_by_step", header + _markdown_table([unit, *names], rows), step)
+        experiment.add_text("views/gradient_by_step", header + _markdown_table([unit, *names], rows), step)
 
-    # val/hidden_state
+    # views/hidden_state
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         experiment = self._experiment(trainer)
@@ -206,7 +206,7 @@ class RecurrenceViews(Callback):
         pl_module.train(was_training)
         experiment.add_embedding(
             features.float().cpu(), metadata=[int(k) for k in labels.cpu()], label_img=unit_range(images)[:, None].cpu(),
-            global_step=trainer.global_step, tag="val/hidden_state",
+            global_step=trainer.global_step, tag="views/hidden_state",
         )  # fmt: skip
 
 
