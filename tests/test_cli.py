@@ -19,6 +19,7 @@ from mnist_rnn.commands.cli import cli_main, config_file
 from mnist_rnn.data.mnist_files import load_split
 from mnist_rnn.data.normalization import normalize
 from mnist_rnn.model.classifier import LSTMClassifier
+from mnist_rnn.views.pictures import FONT_SIZE, SHOWN_WIDTH
 from tests.conftest import REPO, TINY, cli_error, run_cli
 
 
@@ -164,8 +165,10 @@ def test_fit_logs_the_dashboards(tiny_run):
         pictures = events.Images(tag)
         assert [p.step for p in pictures] == epoch_steps  # one per validation epoch, next to its scalars
         with Image.open(io.BytesIO(pictures[-1].encoded_image_string)) as picture:
-            # Drawn sizes: the matrix 10 cells of 30 px plus labels (320 px), the grid 8 digits of 56 px.
-            assert picture.width > 200 and picture.height > 200
+            # Drawn sizes: the matrix 10 cells of 64 px plus labels (678 px), the grid 8 digits of 84 px (690 px).
+            # TensorBoard shows each SHOWN_WIDTH wide: its text at 11 px or more there, never blown up.
+            assert SHOWN_WIDTH <= picture.width and FONT_SIZE * SHOWN_WIDTH / picture.width >= 11, picture.size
+            assert picture.height > 200
     # HPARAMS: one experiment whose only metric is val/acc_best, and the run's settings as given.
     content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
     experiment = hparams_metadata.parse_experiment_plugin_data(content[hparams_metadata.EXPERIMENT_TAG])

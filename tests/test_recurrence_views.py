@@ -13,6 +13,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_rnn.model.network import RecurrentNet
+from mnist_rnn.views.pictures import FONT_SIZE, SHOWN_WIDTH
 from mnist_rnn.views.unroll import gradient_by_step, unroll
 from tests.conftest import TINY, run_cli
 
@@ -76,9 +77,11 @@ def assert_pictures(acc: EventAccumulator) -> None:
             assert [p.step for p in pictures] == val_steps, tag  # one per validation epoch, next to its scalars
         with Image.open(io.BytesIO(pictures[-1].encoded_image_string)) as picture:
             assert picture.size == (pictures[-1].width, pictures[-1].height)
-            # Drawn sizes (views/pictures.py): the curves 600x300; the gates 676 (3 maps) to 880 (4) wide,
-            # 20 px plus 126 (hidden 16) to 142 (hidden 128) per digit high: 524 to 588 for 4 digits.
-            assert 600 <= picture.width <= 1000 and 300 <= picture.height <= 1000, (tag, picture.size)
+            # Drawn sizes (views/pictures.py): the curves 700x350; the gates 512 (GRU) or 716 (LSTM) wide, 76 px
+            # plus 180 (hidden 16) or 170 (hidden 128) per digit and direction high: up to 1,436 for 4 digits.
+            # TensorBoard shows each SHOWN_WIDTH wide: its text at 11 px or more there, never blown up.
+            assert SHOWN_WIDTH <= picture.width and FONT_SIZE * SHOWN_WIDTH / picture.width >= 11, (tag, picture.size)
+            assert 300 <= picture.height <= 1500, (tag, picture.size)
             colours = picture.convert("RGB").getcolors(maxcolors=1 << 16)
             assert colours is None or len(colours) > 3, tag  # lines, text and shades drawn, not a blank canvas
 

@@ -184,7 +184,7 @@ class RecurrenceViews(Callback):
         colours = [(214, 39, 40), (31, 119, 180)]
         steps = list(range(1, norms.shape[1] + 1))
         series = [(name, colour, steps, values.tolist()) for name, colour, values in zip(names, colours, norms)]
-        title = f"|d loss / d hidden state| at each {unit}, mean over {len(labels)} fixed validation digits"
+        title = f"|d loss / d hidden state| at each {unit}, mean over {len(labels)} validation digits"
         experiment.add_image("views/gradient_by_step", curve_image(series, title, unit, log_y=True), step)
         fingerprint = float(images.double().sum())
         header = f"fixed batch: the first {len(labels)} validation digits (pixel sum {fingerprint:.6f})\n\n"
