@@ -512,7 +512,9 @@ columns (samples/s are medians over the repetitions; [n] = the thread count that
   ratio            project steady / hand-written, each at its own best thread count
   bare loop        the same math with no framework: batches indexed from memory, fused Adam
   overhead         framework time per step: batch x (1/project steady - 1/bare loop), in ms
-  of peak          project steady x training FLOP per sample / torch.mm peak of the same dtype"""
+  of peak          project steady x training FLOP per sample / torch.mm peak of the same dtype
+  fit / bare loop  (the line under each row) project steady / bare loop and project epochs / bare loop,
+                   each at its best thread count; the issue-31 targets are 0.95 steady and 0.90 epochs"""
 
 
 def _fmt_best(best: dict, key: str) -> str:
