@@ -43,6 +43,14 @@ def test_smoke_mode_runs_every_section_and_writes_json(tmp_path, capsys):
     # the seed model's runs are shorter than an epoch.
     assert all(row["best"]["project_epochs"]["samples_per_s"] > 0 for row in default["rows"].values() if "best" in row)
     assert "project_epochs" not in seed["rows"]["32-true"]["best"]
+    for row in (r for r in default["rows"].values() if "best" in r):
+        # The fit against the bare loop, steady and over whole epochs, and where a profiled epoch's time went.
+        best = row["best"]
+        assert row["project_epochs_vs_bare"] == pytest.approx(best["project_epochs"]["samples_per_s"] / best["bare"]["samples_per_s"])
+        assert row["project_vs_bare"] == pytest.approx(best["project"]["samples_per_s"] / best["bare"]["samples_per_s"])
+        assert row["accounting"]["threads"] == best["project_epochs"]["threads"] and row["accounting"]["steps"] == 10
+        assert row["accounting"]["bare_step_ms"] > 0 and row["accounting"]["recipe_step_ms"] > 0
+    assert "fit / bare loop: steady" in printed and "where one profiled epoch's time goes" in printed
     assert default["inference_samples_per_s"] > 0 and default["predict_files_per_s"] > 0
     anchor = results["anchor"]
     # Smoke mode's 20 and 60 steps differ by less than two processes' start-up noise (a negative
