@@ -450,3 +450,13 @@ def test_workers_sharing_a_storage_url_share_one_study(tmp_path):
     assert status == 0 and "1 done, 0 to run" in out, err  # joined the study without --resume
     assert not (second / "runs" / "shared" / "seed_1").exists()
     assert "best checkpoint: runs/shared/seed_1/version_0/checkpoints/" in out  # the first machine's trial, reported by the second
+
+
+def test_base_null_is_the_default_base_as_before_the_typed_file(tmp_path):
+    # Found by test_fuzz's slow sweep-file case after the file became typed: `base: null` ended in a TypeError.
+    from mnist_rnn.commands.sweep import load_spec
+
+    sweep = tmp_path / "null_base.yaml"
+    sweep.write_text("base: null\nseeds: [1]\n")
+    spec = load_spec(str(sweep))
+    assert spec.base == [] and spec.seeds == [1]

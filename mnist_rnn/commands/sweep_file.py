@@ -167,7 +167,7 @@ def load_spec(given: str) -> Spec:
             raise SweepError(f"cannot be read as YAML ({err})") from None
         need(isinstance(raw, dict), "must be a YAML mapping with base/overrides and seeds or search")
         sweep = typed(SweepFile, {**raw, "name": raw.get("name") or path.stem}, "", kept=("overrides", "search"))
-        names = [sweep.base] if isinstance(sweep.base, str) else sweep.base
+        names = [sweep.base] if isinstance(sweep.base, str) else sweep.base or []  # base: null is the default, as before
         base = [find_config(name, near=path.parent) for name in names]
         for name, found in zip(names, base):
             need(found, f"base config {name} does not exist; name a fit config such as default.yaml or conf/tiny.yaml")
