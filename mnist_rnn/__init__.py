@@ -5,9 +5,8 @@ checkpoints, resume, stopping, hardware), `data` (files to batches), `model` (th
 LightningModule), `views` (the dashboards), `commands` (the `mnist-rnn` command). docs/layout.md.
 """
 
-import importlib
-
 from mnist_rnn import old_paths
+from mnist_rnn.old_paths import handed_on
 
 old_paths.install()
 
@@ -19,9 +18,4 @@ _LAZY = {"MNISTDataModule": "mnist_rnn.data.datamodule", "LSTMClassifier": "mnis
 
 __all__ = ["LSTMClassifier", "MNISTDataModule", "RecurrentClassifier", "RecurrentNet", "load_model"]
 __version__ = "0.2.0"
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'mnist_rnn' has no attribute {name!r}")
+__getattr__ = handed_on(__name__, _LAZY)

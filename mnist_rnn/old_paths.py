@@ -61,6 +61,18 @@ class OldPaths(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         return importlib.util.find_spec(MOVED[fullname]).loader.get_code(MOVED[fullname])
 
 
+def handed_on(package: str, names: dict[str, str]):
+    """A package's `__getattr__` (PEP 562) that imports each of `names` from its module on first use: the package's
+    public names (`mnist_rnn.RecurrentClassifier`), or 0.2's names of `mnist_rnn.data` and `mnist_rnn.model`."""
+
+    def __getattr__(name: str):
+        if name in names:
+            return getattr(importlib.import_module(names[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
+
+
 def install() -> None:
     if not any(isinstance(finder, OldPaths) for finder in sys.meta_path):
         sys.meta_path.append(OldPaths())

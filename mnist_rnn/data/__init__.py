@@ -3,7 +3,7 @@
 The names of the module `mnist_rnn.data` of 0.2 and older are handed on (a saved config's
 `class_path: mnist_rnn.data.…`), imported on first use."""
 
-import importlib
+from mnist_rnn.old_paths import handed_on
 
 _OLD_NAMES = {
     "check_source": "mnist_rnn.data.datamodule",
@@ -22,9 +22,4 @@ _OLD_NAMES = {
     "ResumePoint": "mnist_rnn.data.batches",
     "ResumableLoader": "mnist_rnn.data.batches",
 }
-
-
-def __getattr__(name: str):
-    if name in _OLD_NAMES:
-        return getattr(importlib.import_module(_OLD_NAMES[name]), name)
-    raise AttributeError(f"module 'mnist_rnn.data' has no attribute {name!r}")
+__getattr__ = handed_on(__name__, _OLD_NAMES)

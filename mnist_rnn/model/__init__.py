@@ -3,7 +3,7 @@
 The names of the module `mnist_rnn.model` of 0.2 and older are handed on (a saved config's
 `class_path: mnist_rnn.model.…`), imported on first use."""
 
-import importlib
+from mnist_rnn.old_paths import handed_on
 
 _OLD_NAMES = {
     "FLOAT32_MAX": "mnist_rnn.model.classifier",
@@ -12,9 +12,4 @@ _OLD_NAMES = {
     "SCHEDULERS": "mnist_rnn.model.classifier",
     "LSTMClassifier": "mnist_rnn.model.classifier",
 }
-
-
-def __getattr__(name: str):
-    if name in _OLD_NAMES:
-        return getattr(importlib.import_module(_OLD_NAMES[name]), name)
-    raise AttributeError(f"module 'mnist_rnn.model' has no attribute {name!r}")
+__getattr__ = handed_on(__name__, _OLD_NAMES)
