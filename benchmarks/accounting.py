@@ -26,7 +26,7 @@ STEP_PARTS = (
                                     "[LightningModule]*.transfer_batch_to_device", "[LightningModule]*.on_after_batch_transfer")),
     ("forward, loss, train/acc update, logging (training_step)", ("[Strategy]*.training_step",)),
     ("backward (autocast's casts' gradients included)", ("[Strategy]*.backward",)),
-    ("gradient clipping (norm 1.0, foreach)", ("[LightningModule]*.configure_gradient_clipping",)),
+    ("gradient clipping (norm 1.0)", ("[LightningModule]*.configure_gradient_clipping",)),
     ("zero_grad", ("[LightningModule]*.optimizer_zero_grad",)),
     ("lr scheduler step", ("[LightningModule]*.lr_scheduler_step",)),
 )  # fmt: skip
@@ -57,7 +57,7 @@ def account(durations: dict[str, list[float]], epoch_seconds: float, steps: int,
     durations = {k: v[sanity_batches:] if k.endswith((".validation_step", ".val_next")) else v for k, v in durations.items()}
     per_step = [(label, sum(_total(durations, p) for p in patterns)) for label, patterns in STEP_PARTS]
     optimizer = _total(durations, "[LightningModule]*.optimizer_step") - sum(_total(durations, p) for p in CLOSURE)
-    per_step.insert(5, ("Adam step (foreach) and the closure's hook dispatch", optimizer))
+    per_step.insert(5, ("Adam step (fused) and the closure's hook dispatch", optimizer))
     per_step.append(("train/gradient_by_step view (every 100 steps)", _total(durations, GRADIENT_VIEW)))
     hooks = {k: sum(v) for k, v in durations.items() if k.startswith("[Callback]") and "on_train_batch_" in k and k != GRADIENT_VIEW}
     largest = sorted(hooks.items(), key=lambda item: -item[1])[:4]
@@ -106,7 +106,7 @@ def table(a: dict) -> str:
              "| part | ms per step | s per epoch | share of the epoch |", "| --- | ---: | ---: | ---: |",
              f"| bare loop's whole step (same math, fused Adam, no clipping) | {a['bare_step_ms']:.2f} |"
              f" {a['bare_step_ms'] * a['steps'] / 1e3:.2f} | {a['epoch_vs_bare']:.0%} |",
-             f"| bare loop with the recipe's optimizer step (clipped to norm 1.0, foreach Adam) | {a['recipe_step_ms']:.2f} |"
+             f"| bare loop with the recipe's optimizer step (clipped to norm 1.0, fused Adam) | {a['recipe_step_ms']:.2f} |"
              f" {a['recipe_step_ms'] * a['steps'] / 1e3:.2f} | {a['recipe_step_ms'] * a['steps'] / 1e3 / a['epoch_s']:.0%} |",
              "| **the fit's epoch, part by part:** | | | |"]  # fmt: skip
     lines += [f"| {label} | {ms:.2f} | {ms * a['steps'] / 1e3:.2f} | {share:.1%} |" for label, ms, share in a["per_step"]]

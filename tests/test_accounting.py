@@ -28,7 +28,7 @@ def test_the_parts_add_up_to_the_epoch_and_the_optimizer_step_is_what_the_closur
     per_step = dict((label, ms) for label, ms, _ in a["per_step"])
     assert per_step["batch: next() and transfer"] == pytest.approx(2.0)
     # optimizer_step holds the closure (training_step, backward, clipping, zero_grad) and Adam's own step.
-    assert per_step["Adam step (foreach) and the closure's hook dispatch"] == pytest.approx(80 - 30 - 30 - 5 - 1)
+    assert per_step["Adam step (fused) and the closure's hook dispatch"] == pytest.approx(80 - 30 - 30 - 5 - 1)
     assert per_step["train/gradient_by_step view (every 100 steps)"] == pytest.approx(2.0)
     others = next(ms for label, ms, _ in a["per_step"] if label.startswith("other callbacks"))
     assert others == pytest.approx(0.3)

@@ -240,3 +240,38 @@ def test_the_cli_scores_a_checkpoint_of_the_earlier_module_layout(tmp_path):
     cli, _ = run_cli("test", "--ckpt_path", str(ckpt), "--data.eval_batch_size", "100", "--trainer.limit_test_batches", "1", cwd=tmp_path)
     assert cli.model.hparams.sequence == "permuted" and cli.model.hparams.cell == "gru"
     assert "test/acc" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize(
+    "precision,clip,kind",
+    [
+        ("bf16-mixed", 1.0, "fused"),  # the default recipe where the CPU has bf16: clipped here, the step stays fused
+        ("32-true", 1.0, "fused"),
+        ("16-mixed", 1.0, "foreach"),  # a gradient scaler must unscale before clipping: Lightning refuses fused then
+        ("16-mixed", None, "fused"),
+    ],
+)
+def test_clipped_gradients_keep_the_fused_optimizer_unless_a_scaler_needs_unscaling(precision, clip, kind):
+    import lightning as L
+    from lightning.pytorch.plugins import MixedPrecision
+
+    torch.manual_seed(0)
+    model = RecurrentClassifier(hidden_size=8, scheduler="none")
+    # Lightning turns 16-mixed into bf16-mixed on a CPU: the plugin with its gradient scaler, as a GPU would have it.
+    scaled = MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu"))
+    chosen = {"plugins": [scaled]} if precision == "16-mixed" else {"precision": precision}
+    trainer = L.Trainer(accelerator="cpu", gradient_clip_val=clip, max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, **chosen)
+    model.trainer = trainer
+    trainer.strategy.connect(model)
+    optimizer = model.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused" if kind == "fused" else "foreach"] is True
+    assert not optimizer.defaults["foreach" if kind == "fused" else "fused"]
+    if clip and kind == "fused":
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 10.0)
+        model.configure_gradient_clipping(optimizer, clip, "norm")
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in model.parameters()]))
+        assert norm == pytest.approx(1.0, rel=1e-5)  # float32 rounding of the clip factor
+        model.configure_gradient_clipping(optimizer, 0.5, "value")
+        assert all(p.grad.abs().max() <= 0.5 for p in model.parameters())

@@ -216,12 +216,11 @@ class RecurrentClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # Fused Adam updates all parameters in one kernel instead of a handful of ops per tensor,
-        # which matters when a step takes a millisecond (batch 10). Lightning's mixed-precision
-        # plugin refuses gradient clipping with fused optimizers, so clipped runs use foreach.
+        # Fused Adam updates all parameters in one kernel instead of a handful of ops per tensor (docs/speed.md).
+        # Only a gradient scaler (16-mixed) needs the foreach kind when clipping: it must unscale before clipping.
         trainer = self.attached_trainer()
-        clipping = bool(trainer is not None and trainer.gradient_clip_val)
-        optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, clipping)
+        foreach = bool(trainer is not None and trainer.gradient_clip_val and _scaler(trainer) is not None)
+        optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, foreach)
         if hp.scheduler == "none":  # a schedule that keeps lr as it is (x 1.0), so that its curve is named as the others'
             scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
         else:
@@ -229,18 +228,35 @@ class RecurrentClassifier(L.LightningModule):
         # LearningRateMonitor names the curve after the schedule (else lr-Adam): train/lr, in TensorBoard's train group.
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Lightning's mixed-precision plugin refuses to clip for any fused optimizer, because fused steps unscale a
+        # gradient scaler's gradients themselves. bf16-mixed has no scaler: its gradients are clipped here as the
+        # plain precision plugin clips them (torch.nn.utils), and the optimizer stays fused.
+        if not gradient_clip_val or _scaler(self.trainer) is not None or not optimizer.defaults.get("fused"):
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val, foreach=True)
+        else:
+            torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val, foreach=True)
 
-def _fast(clipping: bool) -> dict[str, bool]:
-    return {"foreach": True} if clipping else {"fused": True}
+
+def _scaler(trainer: "L.Trainer"):
+    """The precision plugin's gradient scaler (16-mixed), or None (32-true, bf16-mixed, 64-true)."""
+    return getattr(trainer.precision_plugin, "scaler", None)
 
 
-# The optimizers model.optimizer names: (parameters, lr, weight_decay, clipping) -> optimizer.
+def _fast(foreach: bool) -> dict[str, bool]:
+    return {"foreach": True} if foreach else {"fused": True}
+
+
+# The optimizers model.optimizer names: (parameters, lr, weight_decay, foreach) -> optimizer (fused unless foreach).
 OPTIMIZERS = {
-    "adam": lambda params, lr, wd, clip: torch.optim.Adam(params, lr=lr, weight_decay=wd, **_fast(clip)),
-    "adamw": lambda params, lr, wd, clip: torch.optim.AdamW(params, lr=lr, weight_decay=wd, **_fast(clip)),
+    "adam": lambda params, lr, wd, foreach: torch.optim.Adam(params, lr=lr, weight_decay=wd, **_fast(foreach)),
+    "adamw": lambda params, lr, wd, foreach: torch.optim.AdamW(params, lr=lr, weight_decay=wd, **_fast(foreach)),
     # Smoothing 0.9, as in the sequential-MNIST papers.
-    "rmsprop": lambda params, lr, wd, clip: torch.optim.RMSprop(params, lr=lr, alpha=0.9, weight_decay=wd),
-    "sgd": lambda params, lr, wd, clip: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
+    "rmsprop": lambda params, lr, wd, foreach: torch.optim.RMSprop(params, lr=lr, alpha=0.9, weight_decay=wd),
+    "sgd": lambda params, lr, wd, foreach: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
 }
 
 # The schedules model.scheduler names, stepped every batch: (optimizer, peak lr, total steps, warm-up share).
