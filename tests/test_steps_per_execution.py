@@ -14,13 +14,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_rnn.commands import main
 from mnist_rnn.errors import ConfigError
+from mnist_rnn.model.classifier import RecurrentClassifier
 from mnist_rnn.run.checkpoints import read_checkpoint
 from mnist_rnn.run.steps_per_execution import validate_in_optimizer_steps
 from tests.conftest import TINY, cli_error
 
 # fp32, batch 20 (2,750 batches an epoch, which 10 divides), a one-cycle schedule, two layers with
 # dropout (so that the random generators matter), validation every 100 optimizer steps, the loss
-# logged every 10, a run of 300 steps.
+# logged every 10, a run of 300 steps, no weight average (updated once per Lightning step: refused with K > 1).
 SAME_RUN = """
 threads: 1
 trainer:
@@ -35,6 +36,7 @@ trainer:
 model:
   num_layers: 2
   dropout: 0.3
+  ema_decay: null
 data:
   batch_size: 20
 """
@@ -170,6 +172,14 @@ def test_counts_that_the_steps_do_not_divide_are_refused(tmp_path, monkeypatch, 
         "model.steps_per_execution 5 cannot be combined with trainer.gradient_clip_val 1.0 (Lightning clips only"
         " under one step per batch); pass --trainer.gradient_clip_val null or --model.steps_per_execution 1"
     )
+    message = cli_error(capsys, "fit", "-c", TINY, "--model.steps_per_execution", "5", "--trainer.gradient_clip_val", "null")
+    assert message == (
+        "model.steps_per_execution 5 cannot be combined with model.ema_decay 0.9995 (Lightning updates the weight"
+        " average once per Lightning step, not per optimizer step); pass --model.ema_decay null or"
+        " --model.steps_per_execution 1"
+    )
+    with pytest.raises(ConfigError, match=r"^model.steps_per_execution 5 cannot be combined with model.ema_decay 0.9995 "):
+        RecurrentClassifier(steps_per_execution=5)
     assert cli_error(capsys, "fit", "--model.steps_per_execution", "0") == (
         "--model.steps_per_execution 0 is not valid here: it takes PositiveInt (v>0)"
         " (options: mnist-rnn fit --help)"
@@ -182,8 +192,6 @@ def test_several_processes_and_a_datamodule_serving_single_batches_are_refused()
     with pytest.raises(ConfigError, match=r"^model.steps_per_execution 10 runs in one process only \(this run has 2\)"):
         validate_in_optimizer_steps(trainer, 10, 5500)
 
-    from mnist_rnn.model.classifier import RecurrentClassifier
-
-    model = RecurrentClassifier(hidden_size=8, steps_per_execution=5)
+    model = RecurrentClassifier(hidden_size=8, steps_per_execution=5, ema_decay=None)
     with pytest.raises(ConfigError, match="give the datamodule the same steps_per_execution"):
         model.training_step((torch.zeros(4, 28, 28), torch.zeros(4, dtype=torch.long)), 0)

@@ -8,8 +8,8 @@ from mnist_rnn.old_paths import handed_on
 _OLD_NAMES = {
     "FLOAT32_MAX": "mnist_rnn.model.classifier",
     "RecurrentClassifier": "mnist_rnn.model.classifier",
-    "OPTIMIZERS": "mnist_rnn.model.classifier",
-    "SCHEDULERS": "mnist_rnn.model.classifier",
+    "OPTIMIZERS": "mnist_rnn.model.optimization",
+    "SCHEDULERS": "mnist_rnn.model.optimization",
     "LSTMClassifier": "mnist_rnn.model.classifier",
 }
 __getattr__ = handed_on(__name__, _OLD_NAMES)

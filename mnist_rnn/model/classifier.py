@@ -7,7 +7,7 @@ rebuilds the same network, reads images the same way and keeps the same permutat
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import lightning as L
 import torch
@@ -18,15 +18,20 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from mnist_rnn.errors import ConfigError
 from mnist_rnn.model.network import IMAGE_SIDE, NUM_CLASSES, RecurrentNet, pixel_permutation  # noqa: F401 (re-exported)
+from mnist_rnn.model.optimization import OPTIMIZERS, SCHEDULERS, clip_for_fused_step, gradient_scaler  # noqa: F401 (re-exported)
 from mnist_rnn.run import ranges
+from mnist_rnn.run.averaging import AveragedWeights
 from mnist_rnn.run.checkpoints import upgraded_key
 from mnist_rnn.run.ranges import FLOAT32_MAX, DropoutRate, NonNegativeFloat32, PositiveFloat32  # noqa: F401 (FLOAT32_MAX: re-exported)
 from mnist_rnn.run.resume import check_schedule_length
-from mnist_rnn.run.steps_per_execution import StepsPerExecution
+from mnist_rnn.run.steps_per_execution import StepsPerExecution, check_settings
 
 
 class RecurrentClassifier(L.LightningModule):
     """Trains `RecurrentNet` (an LSTM or GRU reading an image as a sequence) to classify digits."""
+
+    # Settings that checkpoints of earlier versions lack, with the value they were trained with (run/checkpoints.py).
+    ABSENT_FROM_OLDER_CHECKPOINTS = {"ema_decay": None}
 
     def __init__(
         self,
@@ -44,6 +49,7 @@ class RecurrentClassifier(L.LightningModule):
         weight_decay: NonNegativeFloat32 = 0.0,
         scheduler: Literal["none", "onecycle", "cosine"] = "onecycle",
         warmup_pct: OpenUnitInterval = 0.3,
+        ema_decay: Optional[OpenUnitInterval] = 0.9995,
         steps_per_execution: PositiveInt = 1,
     ) -> None:
         """
@@ -69,6 +75,11 @@ class RecurrentClassifier(L.LightningModule):
             scheduler: none (constant lr), onecycle (warm up to lr, then anneal) or cosine (anneal
                 from lr to 0), stepped every batch over the whole run.
             warmup_pct: Fraction of the run spent warming up, for onecycle.
+            ema_decay: Evaluate and save an exponential moving average of the weights, updated after
+                every optimizer step with decay min(ema_decay, (1 + n) / (10 + n)) after n updates
+                (TensorFlow's warm-up), so it spans about the last tenth of the run; validation, the
+                best checkpoint, test, predict and export use the average (mnist_rnn/run/averaging.py).
+                null: the training weights themselves.
             steps_per_execution: Optimizer steps per Lightning step (Keras's steps_per_execution): the
                 data module serves this many batches at once and the model takes one optimizer step
                 on each, so training is the same, step for step, while Lightning's per-step work is
@@ -81,11 +92,12 @@ class RecurrentClassifier(L.LightningModule):
         # The ranges and choices are the annotations' (run/ranges.py), which LightningCLI's parser checks; from Python and
         # load_from_checkpoint, this does, one setting at a time, so the first wrong one is named.
         ranges.check(RecurrentClassifier.__init__, locals(), "model")
+        check_settings(steps_per_execution, ema_decay=ema_decay)
         if sequence == "permuted" and permutation_seed < 0:  # a cross-field check: the seed is used only then
             raise ConfigError(f"model.permutation_seed must not be negative, got {permutation_seed}")
         # Plain numbers before save_hyperparameters reads them (load_from_checkpoint passes jsonargparse's).
-        hidden_size, num_layers, dropout, lr, weight_decay, warmup_pct, steps_per_execution = ranges.plain(
-            hidden_size, num_layers, dropout, lr, weight_decay, warmup_pct, steps_per_execution
+        hidden_size, num_layers, dropout, lr, weight_decay, warmup_pct, ema_decay, steps_per_execution = ranges.plain(
+            hidden_size, num_layers, dropout, lr, weight_decay, warmup_pct, ema_decay, steps_per_execution
         )
         self.steps_per_execution = StepsPerExecution(steps_per_execution)
         self.save_hyperparameters()
@@ -214,12 +226,20 @@ class RecurrentClassifier(L.LightningModule):
         """The run's optimizer steps (the schedule's length), whatever steps_per_execution is."""
         return self.steps_per_execution.optimizer_steps(self.trainer)
 
+    def configure_callbacks(self) -> list[L.Callback]:
+        # The weight average belongs to the recipe, so the model brings it (Lightning's hook for model-specific
+        # callbacks); only fit keeps one: evaluating a checkpoint reads the average saved in it.
+        trainer = self.attached_trainer()
+        if self.hparams.get("ema_decay") is None or trainer is None or trainer.state.fn != "fit":
+            return []
+        return [AveragedWeights(self.hparams.ema_decay)]
+
     def configure_optimizers(self):
         hp = self.hparams
         # Fused Adam updates all parameters in one kernel instead of a handful of ops per tensor (docs/speed.md).
         # Only a gradient scaler (16-mixed) needs the foreach kind when clipping: it must unscale before clipping.
         trainer = self.attached_trainer()
-        foreach = bool(trainer is not None and trainer.gradient_clip_val and _scaler(trainer) is not None)
+        foreach = bool(trainer is not None and trainer.gradient_clip_val and gradient_scaler(trainer) is not None)
         optimizer = OPTIMIZERS[hp.optimizer](self.parameters(), hp.lr, hp.weight_decay, foreach)
         if hp.scheduler == "none":  # a schedule that keeps lr as it is (x 1.0), so that its curve is named as the others'
             scheduler = torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
@@ -229,41 +249,10 @@ class RecurrentClassifier(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"}}
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        # Lightning's mixed-precision plugin refuses to clip for any fused optimizer, because fused steps unscale a
-        # gradient scaler's gradients themselves. bf16-mixed has no scaler: its gradients are clipped here as the
-        # plain precision plugin clips them (torch.nn.utils), and the optimizer stays fused.
-        if not gradient_clip_val or _scaler(self.trainer) is not None or not optimizer.defaults.get("fused"):
-            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
-        parameters = [p for group in optimizer.param_groups for p in group["params"]]
-        if gradient_clip_algorithm == "value":
-            torch.nn.utils.clip_grad_value_(parameters, gradient_clip_val, foreach=True)
-        else:
-            torch.nn.utils.clip_grad_norm_(parameters, gradient_clip_val, foreach=True)
-
-
-def _scaler(trainer: "L.Trainer"):
-    """The precision plugin's gradient scaler (16-mixed), or None (32-true, bf16-mixed, 64-true)."""
-    return getattr(trainer.precision_plugin, "scaler", None)
-
-
-def _fast(foreach: bool) -> dict[str, bool]:
-    return {"foreach": True} if foreach else {"fused": True}
-
-
-# The optimizers model.optimizer names: (parameters, lr, weight_decay, foreach) -> optimizer (fused unless foreach).
-OPTIMIZERS = {
-    "adam": lambda params, lr, wd, foreach: torch.optim.Adam(params, lr=lr, weight_decay=wd, **_fast(foreach)),
-    "adamw": lambda params, lr, wd, foreach: torch.optim.AdamW(params, lr=lr, weight_decay=wd, **_fast(foreach)),
-    # Smoothing 0.9, as in the sequential-MNIST papers.
-    "rmsprop": lambda params, lr, wd, foreach: torch.optim.RMSprop(params, lr=lr, alpha=0.9, weight_decay=wd),
-    "sgd": lambda params, lr, wd, foreach: torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd),
-}
-
-# The schedules model.scheduler names, stepped every batch: (optimizer, peak lr, total steps, warm-up share).
-SCHEDULERS = {
-    "onecycle": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=warmup),
-    "cosine": lambda opt, lr, total, warmup: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total),
-}
+        # Lightning's mixed-precision plugin refuses to clip for any fused optimizer (fused steps unscale a gradient
+        # scaler's gradients themselves); bf16-mixed has none, so its gradients are clipped here (optimization.py).
+        if not clip_for_fused_step(self.trainer, optimizer, gradient_clip_val, gradient_clip_algorithm):
+            super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
 
 def _upgrade_legacy_keys(module, state_dict, prefix, *args) -> None:

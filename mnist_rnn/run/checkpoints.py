@@ -88,6 +88,8 @@ def saved_settings(checkpoint: dict[str, Any], path: Union[str, Path], model_cla
     """{"model": {...}, "data": {...}}: the settings a checkpoint was trained with; refused when model_class has
     no such model settings (a checkpoint of another model)."""
     model = {k: v for k, v in (checkpoint.get("hyper_parameters") or {}).items() if not k.startswith("_")}
+    # Settings added since the checkpoint was written: it was trained without them, as their "off" value says.
+    model = {**getattr(model_class, "ABSENT_FROM_OLDER_CHECKPOINTS", {}), **model}
     known = inspect.signature(model_class.__init__).parameters
     unknown = sorted(set(model) - set(known))
     if unknown:

@@ -24,13 +24,19 @@ from mnist_rnn.errors import ConfigError
 PER_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
 
 
-def check_settings(k: int, gradient_clip_val: Optional[float] = None) -> None:
-    """The combination refused before anything is built (K itself is at least 1 by its type: run/ranges.py)."""
+def check_settings(k: int, gradient_clip_val: Optional[float] = None, ema_decay: Optional[float] = None) -> None:
+    """The combinations refused before anything is built (K itself is at least 1 by its type: run/ranges.py)."""
     if k > 1 and gradient_clip_val:
         raise ConfigError(
             f"model.steps_per_execution {k} cannot be combined with trainer.gradient_clip_val {gradient_clip_val}"
             " (Lightning clips only under one step per batch); pass --trainer.gradient_clip_val null or"
             " --model.steps_per_execution 1"
+        )
+    if k > 1 and ema_decay is not None:
+        raise ConfigError(
+            f"model.steps_per_execution {k} cannot be combined with model.ema_decay {ema_decay}"
+            " (Lightning updates the weight average once per Lightning step, not per optimizer step); pass"
+            " --model.ema_decay null or --model.steps_per_execution 1"
         )
 
 
