@@ -32,12 +32,15 @@ from typing import Callable, Optional
 import lightning as L
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from benchmarks.accounting import profiled_epoch, table
 from mnist_rnn.commands.cli import MnistRnnCLI, cli_main, config_file
 from mnist_rnn.data.datamodule import MNISTDataModule
 from mnist_rnn.data.mnist_files import EMBEDDED_DIR, IDX_FILES, load_split
+from mnist_rnn.data.batches import shift_images
 from mnist_rnn.data.normalization import MNIST_MEAN, MNIST_STD
+from mnist_rnn.run.averaging import warmed_up_ema
 from mnist_rnn.run.hardware import cores, cpu_kernel_runs, cpu_name, missing_feature, native_bf16_cpu
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +50,9 @@ THREADS = (1, 2)  # each side is measured at both; the table shows each side's f
 # The two models the issue tracks: the everyday config and the notebook's. `steady` is the
 # window of training steps timed without validation or checkpoints (warm-up, timed steps).
 CASES = {
+    # recipe: the bare loop does the everyday recipe's whole step (shift, clipping, weight average), as the fit does.
     "default": {"config": "default.yaml", "hidden": 128, "batch": 128, "precisions": ("32-true", "bf16-mixed"),
-                "steady": (50, 300), "epochs": 1},
+                "steady": (50, 300), "epochs": 1, "recipe": True},
     "seed": {"config": "seed.yaml", "hidden": 50, "batch": 10, "precisions": ("32-true",),
              "steady": (200, 1600), "epochs": None, "smoke_steady": (50, 50)},  # whole Lightning steps of 50
 }  # fmt: skip
@@ -166,30 +170,36 @@ def project_fit(case: dict, warmup: int, steps: int, workdir: Path, extra: list[
 
 
 def _step_loop(batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], hidden: int, warmup: int, steps: int,
-               bf16: bool = False, fused: bool = False, device: str | torch.device = "cpu", clip: float = 0.0) -> float:
+               bf16: bool = False, fused: bool = False, device: str | torch.device = "cpu", recipe: bool = False) -> float:
     """Seconds for `steps` plain PyTorch training steps after `warmup` steps on `device` (cuDNN on a GPU).
-    With bf16, the one line a user adds: the forward pass under torch.autocast. With clip, gradients
-    are clipped to that norm before each step (the default recipe's gradient_clip_val)."""
+    With bf16, the one line a user adds: the forward pass under torch.autocast. With recipe, the everyday
+    recipe's whole step written by hand: digits shifted by up to 1 pixel, gradients clipped to norm 1.0,
+    and the weight average updated after the step (conf/default.yaml, mnist_rnn/run/averaging.py)."""
     torch.manual_seed(0)
     device = torch.device(device)
     rnn, head = nn.LSTM(28, hidden, batch_first=True).to(device), nn.Linear(hidden, 10).to(device)
     params = [*rnn.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3, fused=fused)
+    average = AveragedModel(nn.ModuleList([rnn, head]), multi_avg_fn=warmed_up_ema(0.9995)) if recipe else None
     start = 0.0
     for i in range(warmup + steps):
         if i == warmup:
             synchronize(device)
             start = time.perf_counter()
         images, labels = batches()
+        if recipe:
+            images = shift_images(images, 1, -MNIST_MEAN / MNIST_STD)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             _, (h_n, _) = rnn(images)
             logits = head(h_n[-1])
         loss = nn.functional.cross_entropy(logits.float(), labels)
         optimizer.zero_grad()
         loss.backward()
-        if clip:
-            nn.utils.clip_grad_norm_(params, clip, foreach=True)  # as the model clips (RecurrentClassifier.configure_gradient_clipping)
+        if recipe:
+            nn.utils.clip_grad_norm_(params, 1.0, foreach=True)  # as the model clips (model/optimization.py)
         optimizer.step()
+        if average is not None:
+            average.update_parameters(nn.ModuleList([rnn, head]))
     synchronize(device)
     return time.perf_counter() - start
 
@@ -213,17 +223,17 @@ def handwritten_reference(case: dict, warmup: int, steps: int, raw_root: Path, b
 
 
 def bare_in_memory(case: dict, warmup: int, steps: int, images: torch.Tensor, labels: torch.Tensor, bf16: bool,
-                   clip: float = 0.0) -> float:
+                   recipe: bool = False) -> float:
     """samples/s of the same math with no framework: random batches sliced from memory, fused Adam,
-    on the device that holds `images` (benchmarks/gpu_check.py hands it the GPU's copy). With clip:
-    the recipe's own optimizer step, the gradients clipped to that norm before the fused Adam step."""
+    on the device that holds `images` (benchmarks/gpu_check.py hands it the GPU's copy). With recipe:
+    the everyday recipe's whole step (shifted digits, clipped gradients, the weight average; `_step_loop`)."""
     generator = torch.Generator().manual_seed(0)
 
     def batches():
         index = torch.randint(0, len(labels), (case["batch"],), generator=generator).to(images.device)
         return images[index], labels[index]
 
-    seconds = _step_loop(batches, case["hidden"], warmup, steps, bf16=bf16, fused=True, device=images.device, clip=clip)
+    seconds = _step_loop(batches, case["hidden"], warmup, steps, bf16=bf16, fused=True, device=images.device, recipe=recipe)
     return steps * case["batch"] / seconds
 
 
@@ -418,7 +428,7 @@ def throughput(name: str, case: dict, reps: int, smoke: bool, tmp: Path, raw_roo
                     runs["project_epochs"][t].append(statistics.median(timer.epoch_rates()))
                 torch.set_num_threads(t)
                 runs["handwritten"][t].append(handwritten_reference(case, warmup, steps, raw_root, bf16))
-                runs["bare"][t].append(bare_in_memory(case, warmup, steps, images, labels, bf16))
+                runs["bare"][t].append(bare_in_memory(case, warmup, steps, images, labels, bf16, case.get("recipe", False)))
         medians = {k: {t: statistics.median(v) for t, v in by_t.items() if v} for k, by_t in runs.items()}
         best = {k: max(m.items(), key=lambda item: item[1]) for k, m in medians.items() if m}  # (threads, samples/s)
         flop = lstm_train_flop_per_sample(case["hidden"])
