@@ -36,9 +36,9 @@ from torch.optim.swa_utils import AveragedModel
 
 from benchmarks.accounting import profiled_epoch, table
 from mnist_rnn.commands.cli import MnistRnnCLI, cli_main, config_file
+from mnist_rnn.data.batches import shift_images
 from mnist_rnn.data.datamodule import MNISTDataModule
 from mnist_rnn.data.mnist_files import EMBEDDED_DIR, IDX_FILES, load_split
-from mnist_rnn.data.batches import shift_images
 from mnist_rnn.data.normalization import MNIST_MEAN, MNIST_STD
 from mnist_rnn.run.averaging import warmed_up_ema
 from mnist_rnn.run.hardware import cores, cpu_kernel_runs, cpu_name, missing_feature, native_bf16_cpu
