@@ -404,10 +404,12 @@ def test_packaged_sweep_files_are_valid(tmp_path):
     from mnist_rnn.commands.sweep import check_spec, load_spec
 
     seeds = load_spec("sweeps/seeds.yaml")  # found among the packaged configs, from any folder
-    assert seeds.seeds == [1, 2, 3, 4, 5] and not seeds.params
+    assert seeds.seeds == list(range(1, 11)) and not seeds.params  # the README's Results: seeds 1-10
+    v1 = load_spec("sweeps/seeds-v1.yaml")
+    assert v1.seeds == seeds.seeds and [Path(b).name for b in v1.base] == ["default-v1.yaml"]
     search = load_spec("sweeps/search.yaml")
     assert set(search.params) == {"model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct"}
-    for spec in (seeds, search):
+    for spec in (seeds, v1, search):
         check_spec(spec)
     # Read again after fit's parser ran (check_spec): 64..192 is still an int range. Typed Union[int, float], a bound
     # was then read as 64.0 (jsonargparse tried float first), and the range became a float one.
