@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -35,6 +36,29 @@ def test_a_fit_saves_the_average_for_evaluation_and_its_training_weights_for_res
     assert all(torch.equal(final[name], averaged[name]) for name in weights)
 
 
+class SaveAtBatchEnd(L.Callback):
+    """A user's callback that saves a checkpoint at a batch's end, listed (as users list theirs) before the average."""
+
+    def __init__(self, batch_idx: int, path: str) -> None:
+        self.batch_idx, self.path = batch_idx, path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.batch_idx:
+            trainer.save_checkpoint(self.path)
+
+
+def test_a_save_at_a_batch_end_holds_that_steps_update_of_the_average(tmp_path):
+    path = tmp_path / "at_step_3.ckpt"
+    run_cli("fit", "-c", TINY, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5",
+            "--trainer.callbacks+=tests.test_averaging.SaveAtBatchEnd", "--trainer.callbacks.init_args.batch_idx=2",
+            f"--trainer.callbacks.init_args.path={path}", cwd=tmp_path)  # fmt: skip
+    checkpoint = read_checkpoint(path)
+    assert checkpoint["global_step"] == 3
+    # One update per optimizer step, the third included (before the fix: 2, and a resumed run never made it).
+    assert int(checkpoint["averaging_state"]["n_averaged"]) == 3
+    assert checkpoint["callbacks"]["AveragedWeights"]["latest_update_step"] == 3
+
+
 def test_validation_during_fit_scored_the_weights_the_best_checkpoint_holds(tiny_run, tmp_path):
     best = tiny_run["cwd"] / tiny_run["cli"].trainer.checkpoint_callback.best_model_path
     scored_in_fit = float(re.search(r"val_acc(\d\.\d{4})", best.name)[1])
@@ -50,8 +74,6 @@ def test_a_checkpoint_from_before_the_average_resumes_without_one():
 
 
 def test_only_fit_keeps_an_average():
-    import lightning as L
-
     model = RecurrentClassifier(hidden_size=8)
     assert model.configure_callbacks() == []  # no Trainer
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)

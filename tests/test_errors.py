@@ -131,7 +131,8 @@ def test_help_shows_each_range_by_its_type(capsys):
         ("--model.warmup_pct WARMUP_PCT", "OpenUnitInterval, default: 0.3"),
         ("--data.batch_size BATCH_SIZE", "PositiveInt, default: 128"),
         ("--data.mean MEAN", "Union[ClosedUnitInterval, Literal['auto']], default: auto"),
-        ("--data.max_shift MAX_SHIFT", "ShiftPixels, default: 0"),
+        ("--data.max_shift MAX_SHIFT", "ShiftPixels, default: 1"),  # conf/default.yaml's, over the data module's 0
+        ("--model.ema_decay EMA_DECAY", "Optional[OpenUnitInterval], default: 0.9995"),
         ("--threads THREADS", "Optional[PositiveInt], default: null"),
     ]:
         # the option's own entry (no other option before its type), then its type and default

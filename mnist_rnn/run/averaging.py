@@ -56,6 +56,13 @@ class AveragedWeights(WeightAveraging):
         self.decay = decay
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # A callback ahead of this one that saves at a batch's end (StopOnSignal, a user's) would otherwise save the
+        # average without that step's update, and a run resumed from it would never make it. The update is made
+        # now instead: the parent's own hook, which does nothing where the step was counted already.
+        if trainer.training:
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)
+            if self.state_key in checkpoint.get("callbacks", {}):  # written before this hook: the count as it is now
+                checkpoint["callbacks"][self.state_key] = self.state_dict()
         super().on_save_checkpoint(trainer, pl_module, checkpoint)
         if "current_model_state" not in checkpoint:
             return
