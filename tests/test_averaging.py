@@ -66,6 +66,18 @@ def test_validation_during_fit_scored_the_weights_the_best_checkpoint_holds(tiny
     assert round(float(cli.trainer.callback_metrics["val/acc"]), 4) == scored_in_fit
 
 
+def test_test_and_validate_after_fit_in_the_same_process_score_the_checkpoints_average(tmp_path):
+    """Lightning's idiom, `trainer.fit(...)` then `trainer.test(ckpt_path="best")` (the sweep does it): the average."""
+    cli, _ = run_cli("fit", "-c", TINY, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "6", cwd=tmp_path)
+    best = tmp_path / cli.trainer.checkpoint_callback.best_model_path
+    scored_in_fit = float(re.search(r"val_acc(\d\.\d{4})", best.name)[1])
+    validated = cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=str(best), verbose=False)[0]
+    assert round(validated["val/acc"], 4) == scored_in_fit
+    tested = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=str(best), verbose=False)[0]["test/acc"]
+    in_new_process, _ = run_cli("test", "-c", TINY, "--ckpt_path", str(best), cwd=tmp_path)
+    assert tested == in_new_process.trainer.callback_metrics["test/acc"].item()
+
+
 def test_a_checkpoint_from_before_the_average_resumes_without_one():
     checkpoint = torch.load(FIXTURES / "legacy_rows_lstm.ckpt", weights_only=False)
     assert "ema_decay" not in checkpoint["hyper_parameters"]

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 WARMUP = 10  # TensorFlow's: (1 + n) / (10 + n)
@@ -54,6 +55,21 @@ class AveragedWeights(WeightAveraging):
     def __init__(self, decay: float) -> None:
         super().__init__(use_buffers=True, multi_avg_fn=warmed_up_ema(decay))
         self.decay = decay
+
+    # Lightning keeps a model's callbacks attached after fit, so `trainer.test(ckpt_path="best")` or `validate` in the
+    # same process still meets this one: there it must leave the checkpoint's weights (its average) alone, not load
+    # the training weights over them on load, nor swap in the fit's last average for validation.
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_validation_epoch_end(trainer, pl_module)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         # A callback ahead of this one that saves at a batch's end (StopOnSignal, a user's) would otherwise save the
