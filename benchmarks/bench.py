@@ -519,7 +519,8 @@ columns (samples/s are medians over the repetitions; [n] = the thread count that
   hand-written     torchvision MNIST + per-sample ToTensor/Normalize + DataLoader + nn.LSTM/nn.Linear +
                    Adam, same precision (bf16: the forward pass under torch.autocast("cpu", bfloat16))
   ratio            project steady / hand-written, each at its own best thread count
-  bare loop        the same math with no framework: batches indexed from memory, fused Adam
+  bare loop        the same math with no framework: batches indexed from memory, fused Adam; for the
+                   default model the recipe's whole step (1-pixel shift, clipping, the weight average)
   overhead         framework time per step: batch x (1/project steady - 1/bare loop), in ms
   of peak          project steady x training FLOP per sample / torch.mm peak of the same dtype
   fit / bare loop  (the line under each row) project steady / bare loop and project epochs / bare loop,
