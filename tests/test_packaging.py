@@ -14,6 +14,10 @@ import mnist_rnn
 from mnist_rnn.commands import bundled
 from tests.test_bundled import ANNOUNCED, check_serves_the_bundled_model, write_pngs
 
+# One worker builds the wheel: two building at once collide in the checkout's build/ folder ("File exists:
+# build/bdist.linux-x86_64/wheel/mnist_rnn-0.2.0.dist-info", seen under pytest-xdist on 2026-12-07).
+pytestmark = pytest.mark.xdist_group("wheel")
+
 REPO = Path(__file__).resolve().parent.parent
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 
