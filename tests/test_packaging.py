@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 import mnist_rnn
 from mnist_rnn.commands import bundled
 from tests.test_bundled import ANNOUNCED, check_serves_the_bundled_model, write_pngs
-
-# One worker builds the wheel: two building at once collide in the checkout's build/ folder ("File exists:
-# build/bdist.linux-x86_64/wheel/mnist_rnn-0.2.0.dist-info", seen under pytest-xdist on 2026-12-07).
-pytestmark = pytest.mark.xdist_group("wheel")
 
 REPO = Path(__file__).resolve().parent.parent
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
@@ -25,7 +22,11 @@ PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     dist = tmp_path_factory.mktemp("dist")
-    subprocess.run([*PIP, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)], check=True)
+    # One build at a time: two pytest-xdist workers building at once collide in the checkout's build/ folder
+    # ("File exists: build/bdist.linux-x86_64/wheel/mnist_rnn-0.2.0.dist-info", 2026-12-07). The lock file is in
+    # the folder above the workers' own temporary folders, which they share.
+    with FileLock(tmp_path_factory.getbasetemp().parent / "wheel.lock"):
+        subprocess.run([*PIP, "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), str(REPO)], check=True)
     (built,) = dist.glob("mnist_rnn-*.whl")
     return built
 
