@@ -180,7 +180,8 @@ def _step_loop(batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], hidden:
     rnn, head = nn.LSTM(28, hidden, batch_first=True).to(device), nn.Linear(hidden, 10).to(device)
     params = [*rnn.parameters(), *head.parameters()]
     optimizer = torch.optim.Adam(params, lr=1e-3, fused=fused)
-    average = AveragedModel(nn.ModuleList([rnn, head]), multi_avg_fn=warmed_up_ema(0.9995)) if recipe else None
+    net = nn.ModuleList([rnn, head])  # what the average holds and is updated from
+    average = AveragedModel(net, multi_avg_fn=warmed_up_ema(0.9995)) if recipe else None
     start = 0.0
     for i in range(warmup + steps):
         if i == warmup:
@@ -199,7 +200,7 @@ def _step_loop(batches: Callable[[], tuple[torch.Tensor, torch.Tensor]], hidden:
             nn.utils.clip_grad_norm_(params, 1.0, foreach=True)  # as the model clips (model/optimization.py)
         optimizer.step()
         if average is not None:
-            average.update_parameters(nn.ModuleList([rnn, head]))
+            average.update_parameters(net)
     synchronize(device)
     return time.perf_counter() - start
 
