@@ -152,9 +152,8 @@ class MnistRnnCLI(LightningCLI):
         if self.checkpoint_path:
             config.ckpt_path = self.checkpoint_path
         if self.subcommand == "fit":
-            steps_per_execution.check_settings(
-                config.model.steps_per_execution, config.trainer.gradient_clip_val, config.model.ema_decay
-            )
+            # The model refuses K > 1 with its weight average itself (RecurrentClassifier.__init__); the Trainer's part here.
+            steps_per_execution.check_settings(config.model.steps_per_execution, config.trainer.gradient_clip_val)
         trainer_settings.check(config.trainer, self.subcommand)
         check_source(config.data.data_dir, config.data.download, config.data.val_size, self.subcommand in ("fit", "validate"))
         hardware.check_devices(config.trainer.accelerator, config.trainer.devices, config.trainer.strategy)
