@@ -78,7 +78,8 @@ def assert_pictures(acc: EventAccumulator) -> None:
         with Image.open(io.BytesIO(pictures[-1].encoded_image_string)) as picture:
             assert picture.size == (pictures[-1].width, pictures[-1].height)
             # Drawn sizes (views/pictures.py): the curves 700x350; the gates 512 (GRU) or 716 (LSTM) wide, 76 px
-            # plus 180 (hidden 16) or 170 (hidden 128) per digit and direction high: up to 1,436 for 4 digits.
+            # plus 158 (hidden 16) or 170 (hidden 128) per digit and direction high: 708 to 1,436 for 4 digits
+            # (gates_image measured for LSTM and GRU, hidden 16 and 128, one and two directions, 2026-12-07).
             # TensorBoard shows each SHOWN_WIDTH wide: its text at 11 px or more there, never blown up.
             assert SHOWN_WIDTH <= picture.width and FONT_SIZE * SHOWN_WIDTH / picture.width >= 11, (tag, picture.size)
             assert 300 <= picture.height <= 1500, (tag, picture.size)
