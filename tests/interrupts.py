@@ -61,37 +61,54 @@ class PoisonWeights(L.Callback):
 
 
 class KillAt(L.Callback):
-    """SIGKILLs (or sends `signum` to) this run `delay` seconds after it first enters a phase at or after a training step.
+    """SIGKILLs (or sends `signum` to) this run `delay` seconds after it enters a phase at or after a training step.
 
     phase: "train" (a training batch starts), "validation" (a validation starts; the sanity check
     aside) or "save" (a checkpoint is being assembled; the write follows at once), at global_step
-    >= step. The kill comes from a timer thread, as `kill -9` from outside would, so that it lands
-    a chosen few milliseconds into the phase (at the latest as fit ends). group: kill the whole process group (every DDP rank;
-    the soak starts each run in a session of its own). Only rank 0 arms the kill. Also records, in
-    `folder`, the wall time of the start of training (for the soak's timing of kills from outside).
+    >= step, the `entry`-th time it does so (entry 2 of "save": the second file of a save, once the
+    first is written); "anytime": the soak kills the run from outside; "never": no kill. The kill
+    comes from a timer thread, as `kill -9` from outside would, so that it lands a chosen few
+    milliseconds into the phase; with delay 0, at once, from the hook itself. A kill that has not
+    landed by the end of fit (its phase never came, or came too late for the delay) lands then;
+    with before_last_saves, already as the run's last validation ends, before the checkpoints
+    written after it, so that the next attempt still has a run to resume (soak seed 891625).
+    group: kill the whole process group (every DDP rank; the soak starts each run in a session of
+    its own). Only rank 0 kills. Also records, in `folder`, the wall time of the start of training
+    (for the soak's timing of kills from outside).
     """
 
-    PHASES = ("train", "validation", "save", "never")
+    PHASES = ("train", "validation", "save", "anytime", "never")
 
     def __init__(
         self, folder: str, phase: str = "never", step: int = 0, delay: float = 0.0, group: bool = False,
-        signum: int = int(signal.SIGKILL),
+        signum: int = int(signal.SIGKILL), entry: int = 1, before_last_saves: bool = False,
     ) -> None:  # fmt: skip
         if phase not in self.PHASES:
             raise ValueError(f"phase must be one of {self.PHASES}, got {phase!r}")
         self.folder = Path(folder)
-        self.phase, self.step, self.delay, self.group, self.signum = phase, step, delay, group, signum
+        self.phase, self.step, self.delay, self.group, self.signum, self.entry = phase, step, delay, group, signum, entry
+        self.before_last_saves = before_last_saves
+        self._entries = 0
         self._armed = False
+        self._sent = threading.Lock()  # held once the signal is sent: one signal, from the timer or the last validation
 
     def _enter(self, trainer, phase: str) -> None:
         if self._armed or phase != self.phase or trainer.global_step < self.step or trainer.global_rank != 0:
             return
+        self._entries += 1
+        if self._entries < self.entry:
+            return
         self._armed = True
-        self._killer = threading.Thread(target=self._kill, daemon=True)
+        if self.delay == 0:
+            self._kill()
+            return
+        self._killer = threading.Thread(target=self._kill, args=(self.delay,), daemon=True)
         self._killer.start()
 
-    def _kill(self) -> None:
-        time.sleep(self.delay)
+    def _kill(self, delay: float = 0.0) -> None:
+        time.sleep(delay)
+        if not self._sent.acquire(blocking=False):
+            return
         if self.group and self.signum == signal.SIGKILL:
             os.killpg(os.getpgrp(), signal.SIGKILL)
         os.kill(os.getpid(), self.signum)  # another signal goes to the launching process only, as `kill` does
@@ -105,16 +122,25 @@ class KillAt(L.Callback):
         if trainer.global_rank == 0:
             (self.folder / "train_end").write_text(repr(time.time()))
 
-    def teardown(self, trainer, pl_module, stage) -> None:
-        if self._armed:
-            self._killer.join()  # an armed kill lands, at the latest here, as fit ends
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._enter(trainer, "train")
 
     def on_validation_start(self, trainer, pl_module) -> None:
         if not trainer.sanity_checking:
             self._enter(trainer, "validation")
+
+    def _due(self, trainer) -> bool:
+        return self.phase != "never" and trainer.global_step >= self.step and trainer.global_rank == 0
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Callbacks' hooks run before every ModelCheckpoint's (Lightning orders those last), so this precedes the saves.
+        last = trainer.global_step >= trainer.max_epochs * trainer.num_training_batches
+        if self.before_last_saves and last and not trainer.sanity_checking and self._due(trainer):
+            self._kill()
+
+    def teardown(self, trainer, pl_module, stage) -> None:
+        if self._due(trainer):
+            self._kill()
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._enter(trainer, "save")

@@ -12,6 +12,12 @@ killed R times. Kill i aims at the i-th R-th of the run's steps and is drawn fro
   lands inside a validation or a checkpoint write; `save` also hits the staging file, its rename
   and the flush of the step's scalars that follows).
 
+Whatever its kind, a kill that has not landed by the end of the attempt lands then; every kill but the
+last already as the run's last validation ends, before the checkpoints written after it (KillAt's
+before_last_saves), so that each leaves the next attempt a run to resume and the next kill something to
+land in. A kill between the files of one save (the best checkpoint, then last.ckpt) is a chosen kill of
+the default suite.
+
 After each kill it reruns the command with `--ckpt_path last` (without it while there is no
 checkpoint yet: a kill before the first one means starting again). At the end the final last.ckpt
 must equal the uninterrupted run's (`torch.equal` on every weight and every optimizer tensor, the
@@ -68,14 +74,15 @@ def config(
         callbacks += f"""
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
       init_args: {{filename: last, every_n_train_steps: {every_n_train_steps}, enable_version_counter: false}}"""
+    if callbacks:
+        callbacks = "\n  callbacks+:" + callbacks
     return f"""
 trainer:
   max_epochs: {epochs}
   limit_train_batches: {batches}
   val_check_interval: {val_check_interval}
   log_every_n_steps: 1
-  logger: {{init_args: {{name: soak}}}}
-  callbacks+:{callbacks}
+  logger: {{init_args: {{name: soak}}}}{callbacks}
 model:
   num_layers: 2
   dropout: 0.3
@@ -88,12 +95,14 @@ class Kill:
     step: int  # at or after this training step
     delay: float  # seconds after the phase is entered (anytime: after the attempt started)
     signum: int = signal.SIGKILL  # another (SIGTERM) asks StopOnSignal to stop
+    entry: int = 1  # the entry-th time the run enters the phase at or after step
 
     def __str__(self) -> str:
         sent = "" if self.signum == signal.SIGKILL else f"{signal.Signals(self.signum).name} "
         if self.kind == "anytime":
             return f"{sent}anytime, {self.delay:.3f} s after the start"
-        return f"{sent}{self.delay * 1000:.0f} ms into the first {self.kind} at or after step {self.step}"
+        nth = "first" if self.entry == 1 else f"entry {self.entry} of the"
+        return f"{sent}{self.delay * 1000:.0f} ms into the {nth} {self.kind} at or after step {self.step}"
 
 
 @dataclass
@@ -170,11 +179,14 @@ class Attempt:
         return self.log.read_text(errors="replace")
 
 
-def fit_args(config_path: Path, markers: Path, kill: Optional[Kill], extra: tuple[str, ...], group: bool) -> list[str]:
+def fit_args(
+    config_path: Path, markers: Path, kill: Optional[Kill], extra: tuple[str, ...], group: bool, before_last_saves: bool = False,
+) -> list[str]:  # fmt: skip
     killer = ["--trainer.callbacks+=tests.interrupts.KillAt", f"--trainer.callbacks.folder={markers}"]
-    if kill is not None and kill.kind != "anytime":
+    if kill is not None:
         killer += [f"--trainer.callbacks.phase={kill.kind}", f"--trainer.callbacks.step={kill.step}",
-                   f"--trainer.callbacks.delay={kill.delay}", f"--trainer.callbacks.signum={int(kill.signum)}"]  # fmt: skip
+                   f"--trainer.callbacks.delay={kill.delay}", f"--trainer.callbacks.signum={int(kill.signum)}",
+                   f"--trainer.callbacks.entry={kill.entry}", f"--trainer.callbacks.before_last_saves={before_last_saves}"]  # fmt: skip
     if group:
         killer.append("--trainer.callbacks.group=true")
     return ["fit", "-c", TINY, "-c", str(config_path), *extra, *killer]
@@ -294,7 +306,8 @@ def soak(
                 delay = rng.uniform(0, {"train": 0.1, "validation": 0.3, "save": 0.05}[kind])
             kill = Kill(kind, step, delay)
         log = work / f"attempt{i}.log"
-        attempt = Attempt(launcher, work, fit_args(config_path, work / "markers", kill, extra, group) + resume, log)
+        args = fit_args(config_path, work / "markers", kill, extra, group, before_last_saves=i < kills - 1)
+        attempt = Attempt(launcher, work, args + resume, log)
         where = f"soak seed {seed}, attempt {i} ({'kill ' + str(kill) if kill else 'to the end'})"
         if kill is not None and kill.kind == "anytime":
             if attempt.wait(kill.delay) is None:
