@@ -122,6 +122,23 @@ def test_resuming_from_an_older_checkpoint_leaves_the_newer_ones_alone(tmp_path,
     assert read_checkpoint(Path("runs/tiny/version_1/checkpoints/last.ckpt"))["global_step"] == 40
 
 
+def test_last_ckpt_is_brought_up_to_a_newer_checkpoint_and_never_made_where_a_run_has_none(tmp_path, capsys):
+    # The soak's test_a_fit_killed_between_the_files_of_its_last_save... covers the copy in a real resumed fit.
+    from mnist_rnn.run.resume import catch_up_last
+
+    best, last = tmp_path / "epoch01-val_acc0.9000.ckpt", tmp_path / "last.ckpt"
+    best.write_bytes(b"the newest state")
+    catch_up_last(best)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [best.name]  # a user's run without last.ckpt gets none
+
+    last.write_bytes(b"a validation behind")
+    catch_up_last(last)
+    assert last.read_bytes() == b"a validation behind"  # resumed from last.ckpt itself: nothing to do
+    catch_up_last(best)
+    assert last.read_bytes() == b"the newest state" and sorted(p.name for p in tmp_path.iterdir()) == [best.name, last.name]
+    assert capsys.readouterr().out == f"last.ckpt brought up to {best.name}, the run's newest checkpoint\n"
+
+
 def test_changing_the_run_length_on_resume_is_refused(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as stop:

@@ -43,6 +43,16 @@ def test_a_fit_killed_just_after_an_epochs_end_logs_that_end_once(tmp_path):
     assert report.resumed_from == [20], report.kills  # the checkpoint at epoch 0's end
 
 
+def test_a_fit_killed_between_the_files_of_its_last_save_ends_with_the_uninterrupted_last_ckpt(tmp_path):
+    # Found by the 10-kill soak (seed 614281): the last validation's save writes the best checkpoint, then
+    # last.ckpt; killed between the two, the run resumed from the best one, found nothing left to train and
+    # ended with last.ckpt a validation behind (val_acc_best, the loop counters).
+    report = soak(tmp_path, kills=1, epochs=2, batches=20, interval=None, val_check_interval=1.0,
+                  plan=[Kill("save", 40, 0.0, entry=2)])  # fmt: skip
+    assert report.resumed_from == [40], report.kills
+    assert "newest checkpoint runs/soak/version_0/checkpoints/epoch01-" in report.kills[0], report.kills
+
+
 @pytest.mark.slow
 def test_a_fit_killed_twenty_times_at_random_ends_as_the_uninterrupted_one(tmp_path):
     report = soak(tmp_path, kills=20, epochs=6, batches=50)  # 300 steps

@@ -1,28 +1,30 @@
 """Resuming a run exactly, in the order it happens: `resolve` finds `last` (the newest checkpoint of this config's
 newest run: Lightning's own looks only in the new run's empty folder, then silently trains from scratch);
 `check_resumable` refuses a weights-only checkpoint or one past the run's length; `continue_run` logs on in the
-run's own folder when the checkpoint is its newest (purge_step hides what an interrupted attempt logged after it),
-else in a new one, leaving newer checkpoints alone; `RandomState` keeps the generators (Lightning restores the rest,
-data.ResumableLoader the place in the epoch); `OwedValidation` runs the validation a checkpoint was written before;
-`check_schedule_length` refuses a schedule stretched to another
-length; after a stop, `resume_command` is the command to type.
+run's own folder when the checkpoint is its newest (purge_step hides what an interrupted attempt logged after it;
+`catch_up_last` completes a save a kill cut short), else in a new one, leaving newer checkpoints alone;
+`RandomState` keeps the generators (Lightning restores the rest, data.ResumableLoader the place in the epoch);
+`OwedValidation` runs the validation a checkpoint was written before; `check_schedule_length` refuses a schedule
+stretched to another length; after a stop, `resume_command` is the command to type.
 """
 
 from __future__ import annotations
 
 import random
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import Metric
 
 from mnist_rnn.errors import CheckpointError, ConfigError
-from mnist_rnn.run.folders import newest_checkpoint, newest_in, runs_folder, version_of
+from mnist_rnn.run.folders import newest_checkpoint, newest_in, runs_folder, staged, version_of
 
 LAST = "last"
 
@@ -109,6 +111,26 @@ def continue_run(config, checkpoint: dict[str, Any]) -> None:
     else:
         where = "resuming in a new run folder"
     print(f"{where} from {path} (epoch {epoch + 1}, after step {step})", flush=True)
+    if run is not None:
+        catch_up_last(path)
+
+
+@rank_zero_only
+def catch_up_last(newest: Path) -> None:
+    """Bring the run's last.ckpt ("the newest state") up to its newest checkpoint, when that is another file.
+
+    A validation's save writes the best checkpoint, then last.ckpt: a kill between the two leaves last.ckpt a
+    validation behind. Mid-run the resumed run writes it again at its next save, but resumed after the run's last
+    validation it has nothing left to train, so last.ckpt would stay behind for good (soak seed 614281). The two
+    files of one save hold the same state (compared key for key), so the copy is the file the kill cut short.
+    Written staged: a kill or a full disk leaves the old last.ckpt whole. A run without a last.ckpt gets none.
+    """
+    last = newest.with_name(ModelCheckpoint.CHECKPOINT_NAME_LAST + ModelCheckpoint.FILE_EXTENSION)
+    if newest.name == last.name or not last.is_file():
+        return
+    with staged(last, then="the old last.ckpt is left as it was; free space, then resume again") as staging:
+        shutil.copyfile(newest, staging)
+    print(f"last.ckpt brought up to {newest.name}, the run's newest checkpoint", flush=True)
 
 
 def resume_command(args: list[str]) -> str:
