@@ -407,9 +407,11 @@ def test_packaged_sweep_files_are_valid(tmp_path):
     assert seeds.seeds == list(range(1, 11)) and not seeds.params  # the README's Results: seeds 1-10
     v1 = load_spec("sweeps/seeds-v1.yaml")
     assert v1.seeds == seeds.seeds and [Path(b).name for b in v1.base] == ["default-v1.yaml"]
+    best = load_spec("sweeps/seeds-best.yaml")
+    assert best.seeds == [1, 2, 3, 4, 5] and [Path(b).name for b in best.base] == ["best.yaml"]  # issue 32: best.yaml over 5 seeds
     search = load_spec("sweeps/search.yaml")
     assert set(search.params) == {"model.lr", "model.hidden_size", "data.batch_size", "model.warmup_pct"}
-    for spec in (seeds, v1, search):
+    for spec in (seeds, v1, best, search):
         check_spec(spec)
     # Read again after fit's parser ran (check_spec): 64..192 is still an int range. Typed Union[int, float], a bound
     # was then read as 64.0 (jsonargparse tried float first), and the range became a float one.
