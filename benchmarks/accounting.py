@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.loops import CASES, bare_in_memory, project_fit
+
 # Per-step parts, disjoint, in the order a step runs them: (label, actions summed). The optimizer's
 # own step is what [LightningModule].optimizer_step holds beyond the closure's parts (see below).
 STEP_PARTS = (
@@ -83,8 +85,6 @@ def profiled_epoch(precision: str, threads: int, workdir: Path, images: torch.Te
                    case: dict | None = None, extra: tuple[str, ...] = ()) -> dict:
     """One whole epoch of `case` (the default model) under SimpleProfiler, then the bare loop, bare and
     with the recipe's optimizer step, at the same precision and threads."""
-    from benchmarks.bench import CASES, bare_in_memory, project_fit
-
     case = case or CASES["default"]
     warmup, timed = case["steady"]
     flags = ["--trainer.profiler", "lightning.pytorch.profilers.SimpleProfiler",  # its report into a file, not stdout

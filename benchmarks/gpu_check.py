@@ -40,7 +40,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from benchmarks.bench import REPO, bare_in_memory, project_fit, synchronize
+from benchmarks.bench import REPO
+from benchmarks.loops import bare_in_memory, project_fit, synchronize
 from mnist_rnn.commands.cli import config_file
 from mnist_rnn.data.datamodule import MNISTDataModule
 from mnist_rnn.run.folders import newest_in
@@ -144,7 +145,7 @@ def val_history(log_dir: Path) -> list[float]:
 
 
 def fit(config: str, window: tuple[int, int], workdir: Path, flags: list[str], info: dict) -> dict:
-    """`mnist-rnn fit -c <config> <flags>` in this process, timed by bench.StepTimer, then its best checkpoint tested
+    """`mnist-rnn fit -c <config> <flags>` in this process, timed by loops.StepTimer, then its best checkpoint tested
     on the official test set by the fit's own Trainer (Trainer.test, as `mnist-rnn test --ckpt_path` would on this machine)."""
     workdir.mkdir(parents=True)
     epochs = yaml.safe_load(Path(config_file(config)).read_text())["trainer"]["max_epochs"]
